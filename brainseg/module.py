@@ -1,0 +1,210 @@
+"""`SegmentationModule`: any network + loss + metrics as one LightningModule."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torchmetrics import MetricCollection
+
+from brainseg.metrics import PerImageDice, build_metrics, per_image_stats
+from brainseg.timing import summarize, time_forward
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., Any]
+
+
+class SegmentationModule(pl.LightningModule):
+    """Trains, validates and tests one binary segmentation network.
+
+    Args:
+        net: maps images (B, C, H, W) to logits (B, 1, H, W).
+        loss: maps (logits, masks) to a scalar.
+        optimizer: a partial optimizer, finished here with the network's parameters.
+        scheduler: a partial LR scheduler stepped once per epoch, or None.
+        metrics: keyword arguments of `build_metrics` (threshold, connectivity, min_overlap).
+        timing: warm-up and timed iterations of the test-stage latency measurement.
+        compile: run the network through `torch.compile` (training and inference timing).
+        channels_last: keep weights and inputs in NHWC layout, faster for convolutions on GPUs.
+        config: the resolved run configuration; saved in checkpoints so that a checkpoint alone
+            rebuilds its network (see `load_module`).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        metrics: dict[str, Any] | None = None,
+        timing: dict[str, int] | None = None,
+        compile: bool = False,
+        channels_last: bool = False,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters({"config": config or {}})
+        self.net = net
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.metric_args = dict(metrics or {})
+        self.timing = {"warmup": 10, "iters": 50, **(timing or {})}
+        self.channels_last = channels_last
+        # The compiled wrapper shares parameters with `net`, so checkpoints keep plain keys.
+        self._forward = torch.compile(net) if compile else net
+
+        threshold = self.metric_args.get("threshold", 0.5)
+        self.train_metrics = MetricCollection({"dice": PerImageDice(threshold)}, prefix="train/")
+        full = build_metrics(**self.metric_args)
+        self.val_metrics = full.clone(prefix="val/")
+        self.test_metrics = full.clone(prefix="test/")
+        self.test_rows: list[dict[str, Any]] = []
+        self._timing_batch: torch.Tensor | None = None
+
+    def setup(self, stage: str) -> None:
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self._forward(images)
+
+    def _shared_step(self, batch: dict[str, Any], metrics: MetricCollection, stage: str):
+        images, masks = batch["image"], batch["mask"]
+        logits = self(images)
+        loss = self.loss(logits, masks)
+        metrics.update(logits.detach(), masks)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True,
+                 batch_size=images.shape[0], sync_dist=not on_step)
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "test",
+                      batch_size=images.shape[0])
+        return loss, logits
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, _ = self._shared_step(batch, self.train_metrics, "train")
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._shared_step(batch, self.val_metrics, "val")
+
+    def on_test_epoch_start(self) -> None:
+        self.test_rows = []
+        self._timing_batch = None
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        _, logits = self._shared_step(batch, self.test_metrics, "test")
+        if self._timing_batch is None:
+            self._timing_batch = batch["image"].detach()
+        stats = per_image_stats(logits.detach(), batch["mask"], **self.metric_args)
+        stats = {key: value.cpu().tolist() for key, value in stats.items()}
+        labels = batch["label"].cpu().tolist()
+        for i, (sample_id, pid) in enumerate(zip(batch["id"], batch["pid"])):
+            row = {"id": sample_id, "pid": pid, "label": labels[i]}
+            row.update({key: values[i] for key, values in stats.items()})
+            self.test_rows.append(row)
+
+    def on_test_epoch_end(self) -> None:
+        self.test_rows = _gather_rows(self.test_rows)
+        if self._timing_batch is not None:
+            for key, value in self.measure_inference(self._timing_batch).items():
+                self.log(f"test/{key}", value, sync_dist=True)
+
+    def measure_inference(self, batch: torch.Tensor) -> dict[str, float]:
+        """Batch-1 latency (ms, after warm-up, synchronised) and images/s at `batch`'s size."""
+        was_training = self.training
+        self.eval()
+        context = self.trainer.precision_plugin.forward_context if self._trainer else None
+        kwargs = {"context": context} if context else {}
+        latency = summarize(time_forward(self, batch[:1], **self.timing, **kwargs))
+        iters = max(1, self.timing["iters"] // 5)
+        batched = time_forward(self, batch, warmup=2, iters=iters, **kwargs)
+        self.train(was_training)
+        return {
+            "inference_ms": latency["mean"],
+            "inference_ms_std": latency["std"],
+            "inference_ms_median": latency["median"],
+            "images_per_s": batch.shape[0] * 1000.0 / summarize(batched)["median"],
+        }
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return torch.sigmoid(self(batch["image"]).float())
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer_factory(params=self.net.parameters())
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+def _gather_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """All processes' per-image rows, each slice once (distributed samplers pad with repeats)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return rows
+    gathered: list[list[dict[str, Any]]] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, rows)
+    unique = {row["id"]: row for part in gathered for row in part}
+    return sorted(unique.values(), key=lambda row: _natural_key(row["id"]))
+
+
+def _natural_key(sample_id: str) -> tuple:
+    return (0, int(sample_id), "") if sample_id.isdigit() else (1, 0, sample_id)
+
+
+def build_network(model_cfg: DictConfig | dict[str, Any], load_pretrained: bool = True) -> nn.Module:
+    """Instantiates the network of a `model` config; `name` is a label, not an argument.
+
+    With `load_pretrained=False`, backbone weights are not fetched: the caller loads its own.
+    """
+    cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(model_cfg), resolve=True))
+    cfg.pop("name", None)
+    if not load_pretrained:
+        for key, value in (("pretrained", False), ("weights_path", None)):
+            if key in cfg:
+                cfg[key] = value
+    return instantiate(cfg)
+
+
+def build_module(cfg: DictConfig | dict[str, Any], load_pretrained: bool = True) -> SegmentationModule:
+    """The `SegmentationModule` a run configuration describes (model, loss, optimiser, metrics)."""
+    cfg = OmegaConf.create(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    return SegmentationModule(
+        net=build_network(cfg.model, load_pretrained),
+        loss=instantiate(cfg.loss),
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        metrics=OmegaConf.to_container(cfg.metrics),
+        timing=OmegaConf.to_container(cfg.timing),
+        compile=bool(cfg.trainer.get("compile", False)),
+        channels_last=bool(cfg.trainer.get("channels_last", False)),
+        config=config,
+    )
+
+
+def load_module(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> SegmentationModule:
+    """Rebuilds a trained `SegmentationModule` from its checkpoint alone, in eval mode."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {path} does not exist; runs keep theirs in <run_dir>/checkpoints/"
+            " (best.ckpt, last.ckpt)"
+        )
+    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    config = checkpoint.get("hyper_parameters", {}).get("config")
+    if not config:
+        raise ValueError(f"checkpoint {path} holds no brainseg run configuration; was it written by brainseg.train?")
+    config["trainer"]["compile"] = False
+    module = build_module(config, load_pretrained=False)
+    module.load_state_dict(checkpoint["state_dict"])
+    return module.eval()

@@ -1,0 +1,224 @@
+"""Train, test and record one run: `python -m brainseg.train [overrides]`.
+
+    python -m brainseg.train -m model=unet,fpn seed=range(5)    # the study's sweep
+    python -m brainseg.train experiment=smoke                   # seconds, synthetic data
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import subprocess
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import CSVLogger, Logger
+
+from brainseg.module import build_module
+
+log = logging.getLogger(__name__)
+
+# Keys of `trainer` that configure brainseg, not the Lightning Trainer.
+_OWN_TRAINER_KEYS = ("compile", "channels_last")
+
+
+def resolve_precision(requested: str | int | None, accelerator: str) -> str:
+    """`auto` becomes bf16-mixed on CUDA GPUs that support it, 16-mixed on older ones, else 32."""
+    if requested not in (None, "auto"):
+        return str(requested)
+    on_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    if not on_cuda:
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+def resolve_channels_last(requested: bool | str | None, accelerator: str) -> bool:
+    """`auto` turns NHWC on where it pays: convolutions on CUDA tensor cores."""
+    if requested in (None, "auto"):
+        return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return bool(requested)
+
+
+def git_commit() -> str | None:
+    """The commit of the code that ran, with `-dirty` when it had uncommitted changes."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{commit}-dirty" if dirty else commit
+
+
+def sweep_group() -> str | None:
+    """One name per Hydra multirun sweep (its directory), so W&B groups a sweep's runs."""
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    return str(Path(hydra_cfg.sweep.dir)).replace(os.sep, "_")
+
+
+def wandb_has_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
+    """A CSV log in every run (`csv/metrics.csv`), plus the configured loggers."""
+    loggers: list[Logger] = [CSVLogger(save_dir=output_dir, name="", version="csv")]
+    for name, logger_cfg in (cfg.get("logger") or {}).items():
+        if name == "wandb":
+            loggers.append(_wandb_logger(cfg, logger_cfg))
+        else:
+            loggers.append(instantiate(logger_cfg))
+    return loggers
+
+
+def _wandb_logger(cfg: DictConfig, logger_cfg: DictConfig) -> Logger:
+    logger_cfg = logger_cfg.copy()
+    if logger_cfg.get("group") is None:
+        logger_cfg.group = sweep_group()
+    if not logger_cfg.get("offline") and os.environ.get("WANDB_MODE") != "offline" \
+            and not wandb_has_credentials():
+        logger_cfg.offline = True
+        log.warning(
+            "W&B: no credentials (WANDB_API_KEY or `wandb login`) found, logging offline under "
+            "%s/wandb; upload later with `wandb sync %s/wandb/offline-run-*`, or use logger=csv.",
+            cfg.paths.output_dir, cfg.paths.output_dir,
+        )
+    logger = instantiate(logger_cfg)
+    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return logger
+
+
+def build_trainer(cfg: DictConfig, loggers: list[Logger]) -> pl.Trainer:
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    for key in _OWN_TRAINER_KEYS:
+        trainer_cfg.pop(key, None)
+    trainer_cfg["precision"] = resolve_precision(trainer_cfg.get("precision"),
+                                                 str(trainer_cfg.get("accelerator", "auto")))
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    return instantiate(trainer_cfg, logger=loggers or False, callbacks=callbacks)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Writes JSON atomically: a reader never sees a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fits the configured network, tests its best checkpoint and writes the run's records.
+
+    Writes into `cfg.paths.output_dir`: `metrics.json`, `per_image.csv`, `split.csv`,
+    `checkpoints/{best,last}.ckpt` and `csv/metrics.csv` (per-epoch log).
+
+    Returns:
+        The content of `metrics.json`.
+    """
+    started = time.time()
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    cfg = cfg.copy()
+    cfg.trainer.channels_last = resolve_channels_last(cfg.trainer.get("channels_last"), accelerator)
+    pl.seed_everything(cfg.seed, workers=True)
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")
+
+    datamodule = instantiate(cfg.data)
+    module = build_module(cfg)
+    trainer = build_trainer(cfg, build_loggers(cfg, output_dir))
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if trainer.is_global_zero:
+        datamodule.write_split(output_dir / "split.csv")
+
+    results: dict[str, Any] = {}
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if cfg.get("test", True):
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
+        results = {
+            key.removeprefix("test/"): float(value)
+            for key, value in trainer.callback_metrics.items() if key.startswith("test/")
+        }
+    record = {
+        "status": "ok",
+        "model": cfg.model.get("name"),
+        "seed": int(cfg.seed),
+        "fold": cfg.data.get("fold"),
+        "split": cfg.data.get("split"),
+        "image_size": cfg.data.get("image_size"),
+        "params": sum(p.numel() for p in module.net.parameters()),
+        "epochs": trainer.current_epoch,
+        "trainer_precision": str(trainer.precision),
+        "device": torch.cuda.get_device_name() if module.device.type == "cuda" else "cpu",
+        "wall_time_s": time.time() - started,
+        "git_commit": git_commit(),
+        "best_checkpoint": best or None,
+        "best_val_dice": _float_or_none(getattr(trainer.checkpoint_callback, "best_model_score", None)),
+        "test": results,
+    }
+    if trainer.is_global_zero:
+        if module.test_rows:
+            _write_per_image(output_dir / "per_image.csv", module.test_rows)
+        write_json(output_dir / "metrics.json", record)
+    return record
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _write_per_image(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _finish_wandb() -> None:
+    # Each multirun job is its own W&B run: close this one before Hydra starts the next job.
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        record = train(cfg)
+    except BaseException:
+        error_file = Path(cfg.paths.output_dir) / "error.txt"
+        error_file.parent.mkdir(parents=True, exist_ok=True)
+        error_file.write_text(traceback.format_exc())
+        raise
+    finally:
+        _finish_wandb()
+    return record["test"].get("dice")
+
+
+if __name__ == "__main__":
+    main()
