@@ -1,0 +1,195 @@
+"""`BrainTumorDataModule`: source -> cache -> split -> in-memory datasets -> loaders."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset
+
+from brainseg.data.cache import CachedData, build_cache, load_cache
+from brainseg.data.sources import Source
+from brainseg.data.splits import SUBSETS, make_split, write_split_csv
+from brainseg.data.transforms import SegmentationTransform, build_transforms
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class SliceDataset(Dataset):
+    """Slices held in memory as uint8 arrays; items are dicts of tensors and metadata."""
+
+    def __init__(self, data: CachedData, index: np.ndarray, transform: SegmentationTransform):
+        # Contiguous copies: workers read them without touching files.
+        self.images = np.ascontiguousarray(data.images[index])
+        self.masks = np.ascontiguousarray(data.masks[index])
+        self.ids = data.ids[index].tolist()
+        self.pids = data.pids[index].tolist()
+        self.labels = data.labels[index].tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict:
+        image, mask = self.transform(self.images[i], self.masks[i])
+        return {
+            "image": image,
+            "mask": mask,
+            "id": self.ids[i],
+            "pid": self.pids[i],
+            "label": self.labels[i],
+        }
+
+
+class BrainTumorDataModule(pl.LightningDataModule):
+    """Serves a source's slices at `image_size`, split into train/val/test.
+
+    Batches are dicts: image (B, C, H, W) float32, mask (B, 1, H, W) float32 in {0, 1},
+    id and pid (lists of str), label (B,) int64 (0 when unknown).
+
+    Args:
+        source: where the slices come from (figshare, folder, synthetic).
+        image_size: side of the square training slices.
+        in_channels: 3 (grey replicated, for ImageNet backbones) or 1.
+        cache_dir: folder of the converted arrays.
+        split: "auto", "patient" or "image" (see `make_split`).
+        fractions: train/val/test shares.
+        split_seed: seed of the split, independent of the training seed.
+        fold: 1..5 to test on one cross-validation fold, None for the fractions split.
+        batch_size: training batch size; eval_batch_size defaults to it.
+        augment: augmentation settings (see `build_transforms`).
+        mean, std: normalisation of the [0, 1] image per channel.
+        root: the source's folder, kept for the config (data.root); unused here.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        image_size: int = 256,
+        in_channels: int = 3,
+        cache_dir: str | os.PathLike = "data/cache",
+        split: str = "auto",
+        fractions: Sequence[float] = (0.7, 0.15, 0.15),
+        split_seed: int = 42,
+        fold: int | None = None,
+        batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        augment: Mapping | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        root: str | os.PathLike | None = None,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.image_size = int(image_size)
+        self.in_channels = int(in_channels)
+        self.cache_dir = Path(cache_dir)
+        self.split = split
+        self.fractions = tuple(float(f) for f in _plain(fractions))
+        self.split_seed = int(split_seed)
+        self.fold = fold
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
+        self.persistent_workers = bool(persistent_workers)
+        self.augment = _plain(augment) or {}
+        self.mean, self.std = list(_plain(mean)), list(_plain(std))
+        self.root = root
+        # Fail at construction, not in a worker, on bad settings.
+        build_transforms("train", self.augment, self.in_channels, self.mean, self.std)
+        self.data: CachedData | None = None
+        self.subsets: np.ndarray | None = None
+        self.datasets: dict[str, SliceDataset] = {}
+
+    def prepare_data(self) -> None:
+        """Download (if the source needs it) and convert once."""
+        self.source.prepare()
+        build_cache(self.source, self.image_size, self.cache_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the cache into memory, split it and build the datasets (once)."""
+        if self.data is not None:
+            return
+        self.data = load_cache(build_cache(self.source, self.image_size, self.cache_dir))
+        self.subsets = make_split(
+            self.data.ids,
+            self.data.pids,
+            mode=self.split,
+            fractions=self.fractions,
+            seed=self.split_seed,
+            fold=self.fold,
+            folds=self.data.folds if self.fold is not None else None,
+        )
+        for name in SUBSETS:
+            transform = build_transforms(name, self.augment, self.in_channels, self.mean, self.std)
+            index = np.flatnonzero(self.subsets == name)
+            self.datasets[name] = SliceDataset(self.data, index, transform)
+
+    def _loader(self, subset: str, batch_size: int, shuffle: bool) -> DataLoader:
+        if not self.datasets:
+            self.setup()
+        dataset = self.datasets[subset]
+        workers = self.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(dataset) > batch_size,
+            num_workers=workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers and workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
+    def split_table(self) -> pd.DataFrame:
+        """One row per slice: id, pid, label, subset."""
+        if self.data is None:
+            self.setup()
+        return pd.DataFrame(
+            {
+                "id": self.data.ids,
+                "pid": self.data.pids,
+                "label": self.data.labels,
+                "subset": self.subsets,
+            }
+        )
+
+    def write_split(self, path: str | os.PathLike) -> Path:
+        """Write split.csv (id, pid, subset) to `path`."""
+        table = self.split_table()
+        return write_split_csv(path, table["id"], table["pid"], table["subset"])
+
+    def subset_sizes(self) -> dict[str, int]:
+        """Slices per subset."""
+        if self.subsets is None:
+            self.setup()
+        return {name: int(np.sum(self.subsets == name)) for name in SUBSETS}
+
+
+def _plain(value):
+    """OmegaConf containers (from Hydra) to plain Python ones."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value

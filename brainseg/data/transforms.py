@@ -1,0 +1,134 @@
+"""Albumentations pipelines: augmentation for training, normalisation for every stage."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+STAGES = ("train", "val", "test", "predict")
+AUGMENTATIONS = ("hflip", "vflip", "affine", "brightness_contrast")
+
+
+class SegmentationTransform:
+    """uint8 (H, W) image and mask -> image float32 (C, H, W), mask float32 (1, H, W) in {0, 1}.
+
+    The grey image is scaled to [0, 1], replicated to `in_channels` and normalised per
+    channel with `mean` and `std`.
+    """
+
+    def __init__(
+        self,
+        augment: A.Compose | None,
+        in_channels: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ):
+        if in_channels not in (1, 3):
+            raise ValueError(
+                f"data.in_channels={in_channels} must be 1 (grey) or 3 (grey replicated)"
+            )
+        self.augment = augment
+        self.in_channels = in_channels
+        self.mean = _per_channel(mean, in_channels, "mean")
+        self.std = _per_channel(std, in_channels, "std")
+        if (self.std <= 0).any():
+            raise ValueError(f"data.std={list(std)} must be positive")
+        self._seeded_with: int | None = None
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.augment is not None:
+            self._reseed()
+            out = self.augment(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        x = image.astype(np.float32) / 255.0
+        x = (x[None] - self.mean) / self.std  # (C, H, W) by broadcasting the grey slice
+        y = (mask > 0).astype(np.float32)[None]  # (1, H, W)
+        return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
+
+    def _reseed(self) -> None:
+        # Albumentations keeps its own generator, which forked workers would share; seed it
+        # from torch's per-worker seed, which Lightning's seed_everything makes reproducible.
+        seed = torch.initial_seed() % 2**32
+        if seed != self._seeded_with:
+            self.augment.set_random_seed(seed)
+            self._seeded_with = seed
+
+
+def build_transforms(
+    stage: str,
+    augment_cfg: Mapping | None,
+    in_channels: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> SegmentationTransform:
+    """The transform of a stage: augmentation from `augment_cfg` for "train", none otherwise.
+
+    Args:
+        stage: "train", "val", "test" or "predict".
+        augment_cfg: probabilities and ranges, e.g. {hflip: 0.5, vflip: 0.0, affine: {p, rotate
+            (degrees), scale (fraction), shift (fraction of the side)}, brightness_contrast:
+            {p, brightness, contrast}}; None or {} for no augmentation.
+        in_channels: 3 to replicate the grey slice (ImageNet backbones) or 1.
+        mean, std: per channel normalisation after scaling to [0, 1]; one value or one per
+            channel (three values with in_channels=1 are averaged, as for a grey image).
+    """
+    if stage not in STAGES:
+        raise ValueError(f"stage={stage!r} is not one of {', '.join(STAGES)}")
+    augment = _augmentations(augment_cfg or {}) if stage == "train" else None
+    return SegmentationTransform(augment, in_channels, mean, std)
+
+
+def _augmentations(cfg: Mapping) -> A.Compose | None:
+    unknown = set(cfg) - set(AUGMENTATIONS)
+    if unknown:
+        raise ValueError(
+            f"unknown data.augment keys {sorted(unknown)}: use {', '.join(AUGMENTATIONS)}"
+        )
+    steps: list = []
+    if cfg.get("hflip", 0):
+        steps.append(A.HorizontalFlip(p=float(cfg["hflip"])))
+    if cfg.get("vflip", 0):
+        steps.append(A.VerticalFlip(p=float(cfg["vflip"])))
+    affine = cfg.get("affine") or {}
+    if affine.get("p", 0):
+        rotate, scale, shift = (float(affine.get(k, 0)) for k in ("rotate", "scale", "shift"))
+        steps.append(
+            A.Affine(
+                rotate=(-rotate, rotate),
+                scale=(1 - scale, 1 + scale),
+                translate_percent=(-shift, shift),
+                interpolation=cv2.INTER_LINEAR,
+                mask_interpolation=cv2.INTER_NEAREST,  # masks stay binary
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=0,
+                fill_mask=0,
+                p=float(affine["p"]),
+            )
+        )
+    bc = cfg.get("brightness_contrast") or {}
+    if bc.get("p", 0):
+        steps.append(
+            A.RandomBrightnessContrast(
+                brightness_limit=float(bc.get("brightness", 0)),
+                contrast_limit=float(bc.get("contrast", 0)),
+                p=float(bc["p"]),
+            )
+        )
+    return A.Compose(steps) if steps else None
+
+
+def _per_channel(values: Sequence[float], channels: int, name: str) -> np.ndarray:
+    array = np.asarray(list(values) if not np.isscalar(values) else [values], dtype=np.float32)
+    if len(array) == 3 and channels == 1:
+        array = array.mean(keepdims=True)
+    if len(array) == 1:
+        array = np.repeat(array, channels)
+    if len(array) != channels:
+        raise ValueError(
+            f"data.{name} has {len(array)} values for in_channels={channels}: give 1 or {channels}"
+        )
+    return array.reshape(channels, 1, 1)
