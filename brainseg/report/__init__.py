@@ -1,0 +1,100 @@
+"""The comparison report of a sweep: table, paired statistics, figures (and W&B).
+
+python -m brainseg.report multirun/<date>/<time>
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from brainseg.report import figures
+from brainseg.report.collect import Run, Sweep, load_sweep
+from brainseg.report.qualitative import qualitative_grids
+from brainseg.report.stats import average_runs, paired_stats, stats_markdown
+from brainseg.report.table import build_table, load_study_table, table_markdown
+
+__all__ = ["Run", "Sweep", "build_report", "load_sweep"]
+
+log = logging.getLogger(__name__)
+
+
+def build_report(
+    sweep_dir: str | os.PathLike | Sweep,
+    reference: bool = True,
+    wandb: bool | None = None,
+    qualitative: bool = True,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, Path]:
+    """Writes `<sweep_dir>/report/`: table.{md,csv}, stats.{md,csv} and the figures.
+
+    Args:
+        sweep_dir: the sweep's folder, or a sweep already read with `load_sweep`.
+        reference: show the study's Table 1 numbers alongside.
+        wandb: log to the sweep's W&B group; None = when the sweep's jobs used W&B.
+        qualitative: predict the best, median and worst slices with each model's first run.
+        n_resamples, seed: of the bootstrap confidence intervals.
+
+    Returns:
+        {name: path} of every file written.
+    """
+    sweep = sweep_dir if isinstance(sweep_dir, Sweep) else load_sweep(sweep_dir)
+    out = sweep.root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+
+    table = build_table(sweep, reference)
+    written["table.csv"] = _write(out / "table.csv", table.to_csv())
+    written["table.md"] = _write(out / "table.md", table_markdown(sweep, table))
+
+    per_image = per_image_means(sweep)
+    stats = paired_stats(per_image, n_resamples=n_resamples, seed=seed)
+    n_runs = {v: len(sweep.runs_of(v)) for v in per_image}
+    written["stats.csv"] = _write(out / "stats.csv", stats.to_csv(index=False))
+    written["stats.md"] = _write(out / "stats.md", stats_markdown(stats, n_runs, n_resamples))
+    if per_image:
+        frames = [f.assign(model=v) for v, f in per_image.items()]
+        written["per_image_mean.csv"] = _write(
+            out / "per_image_mean.csv", pd.concat(frames).to_csv(index=False)
+        )
+
+    study = load_study_table() if reference else None
+    pictures = [
+        figures.learning_curves(sweep, out / "learning_curves.png"),
+        figures.dice_distribution(per_image, out / "dice_distribution.png"),
+        figures.dice_vs_ms(sweep, out / "dice_vs_ms.png", study),
+    ]
+    if qualitative and per_image:
+        pictures += qualitative_grids(sweep, per_image, out)
+    written.update({p.name: p for p in pictures if p is not None})
+
+    if wandb if wandb is not None else sweep.wandb_config is not None:
+        from brainseg.report.wandb_log import log_report
+
+        run_dir = log_report(sweep, table, stats, [p for p in pictures if p], out)
+        if run_dir:
+            written["wandb"] = Path(run_dir)
+    return written
+
+
+def per_image_means(sweep: Sweep) -> dict[str, pd.DataFrame]:
+    """variant -> per-image metrics averaged over its finished runs (variants without any
+    per_image.csv are left out)."""
+    means = {}
+    for variant in sweep.variants:
+        frames = [r.per_image for r in sweep.runs_of(variant) if r.per_image is not None]
+        if frames:
+            means[variant] = average_runs(frames)
+    return means
+
+
+def _write(path: Path, text: str) -> Path:
+    """Atomic: a reader (the notebook, W&B) never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path

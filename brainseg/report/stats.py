@@ -1,0 +1,223 @@
+"""Paired comparison of two models on the same test slices: bootstrap CIs and Wilcoxon tests."""
+
+from __future__ import annotations
+
+import warnings
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+from scipy.stats import wilcoxon
+
+from brainseg.data.sources import LABEL_NAMES
+
+PER_IMAGE_METRICS = ("dice", "precision", "recall")
+METRIC_LABELS = {
+    "dice": "Dice",
+    "dice_pooled": "Dice (pooled)",
+    "precision": "Precision",
+    "recall": "Recall",
+    "lesion_recall": "Lesion recall",
+    "inference_ms": "Inference time (ms)",
+}
+
+
+def bootstrap_ratio(
+    numerator: np.ndarray,
+    denominator: np.ndarray,
+    clusters: np.ndarray | None = None,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
+    """sum(numerator) / sum(denominator) with a percentile bootstrap CI.
+
+    Whole clusters (patients) are resampled with replacement, so slices of one patient, which
+    are not independent, stay together; `clusters=None` resamples single items. A mean is the
+    ratio with `denominator` all ones; lesion recall is detected / lesions.
+
+    Returns:
+        (estimate, low, high).
+    """
+    numerator = np.asarray(numerator, dtype=float)
+    denominator = np.asarray(denominator, dtype=float)
+    if numerator.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    ids = np.arange(numerator.size) if clusters is None else np.asarray(clusters)
+    _, inverse = np.unique(ids, return_inverse=True)
+    num = np.bincount(inverse, weights=numerator)
+    den = np.bincount(inverse, weights=denominator)
+    k = num.size
+    counts = np.random.default_rng(seed).multinomial(k, np.full(k, 1.0 / k), size=n_resamples)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        estimate = num.sum() / den.sum() if den.sum() else float("nan")
+        resampled = (counts @ num) / (counts @ den)  # (n_resamples,)
+    alpha = (1.0 - level) / 2.0
+    if not np.isfinite(resampled).any():
+        return float(estimate), float("nan"), float("nan")
+    low, high = np.nanpercentile(resampled, [100 * alpha, 100 * (1 - alpha)])
+    return float(estimate), float(low), float(high)
+
+
+def wilcoxon_p(differences: np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank p-value; 1.0 when every difference is zero."""
+    differences = np.asarray(differences, dtype=float)
+    if differences.size == 0:
+        return float("nan")
+    if not np.any(differences):
+        return 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # small samples: scipy warns about the normal approximation
+        return float(wilcoxon(differences).pvalue)
+
+
+def average_runs(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Per-image metrics averaged over runs (seeds, folds), one row per slice id."""
+    data = pd.concat(frames, ignore_index=True)
+    numeric = [
+        c
+        for c in (
+            "dice",
+            "precision",
+            "recall",
+            "lesions",
+            "lesions_detected",
+            "pred_area",
+            "true_area",
+        )
+        if c in data
+    ]
+    means = data.groupby("id", sort=False)[numeric].mean()
+    first = data.groupby("id", sort=False)[["pid", "label"]].first()
+    return first.join(means).reset_index()
+
+
+def paired_stats(
+    per_image: dict[str, pd.DataFrame],
+    n_resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> pd.DataFrame:
+    """Differences (B - A) between every pair of variants on the slices both were tested on.
+
+    Args:
+        per_image: variant -> per-image metrics averaged over its runs (`average_runs`).
+
+    Returns:
+        One row per pair, subset (all, then each tumor type) and metric.
+    """
+    rows = []
+    for a, b in combinations(per_image, 2):
+        paired = per_image[a].merge(per_image[b], on="id", suffixes=("_a", "_b"))
+        subsets = [("all", paired)] + [
+            (LABEL_NAMES.get(int(label), str(label)), group)
+            for label, group in paired.groupby("label_a", sort=True)
+            if int(label) != 0
+        ]
+        for subset, frame in subsets:
+            for metric in (*PER_IMAGE_METRICS, "lesion_recall"):
+                row = _compare(frame, metric, n_resamples, seed, level)
+                if row is not None:
+                    rows.append({"model_a": a, "model_b": b, "subset": subset, **row})
+    return pd.DataFrame(rows, columns=STATS_COLUMNS)
+
+
+# Below this many resampled units a bootstrap interval is too coarse to trust.
+FEW = 10
+
+STATS_COLUMNS = [
+    "model_a",
+    "model_b",
+    "subset",
+    "metric",
+    "n_images",
+    "n_clusters",
+    "unit",
+    "mean_a",
+    "mean_b",
+    "diff",
+    "ci_low",
+    "ci_high",
+    "wilcoxon_p",
+]
+
+
+def _compare(frame: pd.DataFrame, metric: str, n_resamples: int, seed: int, level: float):
+    if metric == "lesion_recall":
+        if "lesions_a" not in frame:
+            return None
+        frame = frame[frame["lesions_a"] > 0]
+        a, b, den = frame["lesions_detected_a"], frame["lesions_detected_b"], frame["lesions_a"]
+        mean_a = a.sum() / den.sum() if den.sum() else float("nan")
+        mean_b = b.sum() / den.sum() if den.sum() else float("nan")
+    else:
+        if f"{metric}_a" not in frame:
+            return None
+        # An image without a predicted pixel has no precision: compare where both have one.
+        frame = frame.dropna(subset=[f"{metric}_a", f"{metric}_b"])
+        a, b, den = frame[f"{metric}_a"], frame[f"{metric}_b"], np.ones(len(frame))
+        mean_a, mean_b = a.mean(), b.mean()
+    pids = frame["pid_a"].astype(str)
+    by_patient = len(frame) > 0 and bool((pids != "").all())
+    clusters = pids.to_numpy() if by_patient else None
+    diff, low, high = bootstrap_ratio(
+        (b - a).to_numpy(), np.asarray(den), clusters, n_resamples, seed, level
+    )
+    return {
+        "metric": metric,
+        "n_images": len(frame),
+        "n_clusters": int(pids.nunique()) if by_patient else len(frame),
+        "unit": "patient" if by_patient else "image",
+        "mean_a": float(mean_a),
+        "mean_b": float(mean_b),
+        "diff": diff,
+        "ci_low": low,
+        "ci_high": high,
+        "wilcoxon_p": wilcoxon_p((b - a).to_numpy()) if metric == "dice" else float("nan"),
+    }
+
+
+def stats_markdown(
+    stats: pd.DataFrame, n_runs: dict[str, int], n_resamples: int, level: float = 0.95
+) -> str:
+    """stats.md: one table per pair of variants."""
+    pct = f"{100 * level:g} %"
+    lines = ["# Paired comparison on the shared test slices", ""]
+    if stats.empty:
+        return "\n".join(
+            lines + ["Fewer than two models with per-image results: nothing to compare.", ""]
+        )
+    runs = ", ".join(f"{v}: {n} run{'s' if n != 1 else ''}" for v, n in n_runs.items())
+    lines += [
+        f"Per-image metrics averaged over each model's runs ({runs}), then paired by slice. "
+        f"Difference = B − A with a {pct} percentile bootstrap CI ({n_resamples} resamples of "
+        "whole patients when patient ids are known, else of slices). Lesion recall is pooled "
+        "(detected / lesions). Wilcoxon signed-rank test on per-slice Dice (it treats slices as "
+        "independent; slices of one patient are not, so read its p-value as optimistic).",
+        "",
+    ]
+    for (a, b), pair in stats.groupby(["model_a", "model_b"], sort=False):
+        lines += [
+            f"## B = {b} vs A = {a}",
+            "",
+            f"| subset | metric | slices (units) | {a} | {b} | {b} − {a} [{pct} CI] | Wilcoxon p |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for row in pair.itertuples():
+            p = "" if np.isnan(row.wilcoxon_p) else f"{row.wilcoxon_p:.3g}"
+            lines.append(
+                f"| {row.subset} | {METRIC_LABELS.get(row.metric, row.metric)} | "
+                f"{row.n_images} ({row.n_clusters} {row.unit}s) | {row.mean_a:.4f} | "
+                f"{row.mean_b:.4f} | {row.diff:+.4f} [{row.ci_low:+.4f}, {row.ci_high:+.4f}]"
+                f"{_marker(row.ci_low, row.ci_high)} | {p} |"
+            )
+        lines.append("")
+    lines += [
+        f"\\* the CI excludes 0. † fewer than {FEW} resampled units: the CI is unreliable.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _marker(low: float, high: float) -> str:
+    return " \\*" if (low > 0 or high < 0) else ""

@@ -1,0 +1,167 @@
+"""Writes sweep directories as brainseg.train does, with known numbers, for report tests."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+# (model, seed, image index, patient index) -> per-image Dice
+DiceFn = Callable[[str, int, int, int], float]
+
+BASE_DICE = {"unet": 0.80, "fpn": 0.85}
+BASE_MS = {"unet": 5.0, "fpn": 11.0}
+
+
+def default_dice(model: str, seed: int, image: int, patient: int) -> float:
+    rng = np.random.default_rng([seed, image, len(model)])
+    return float(np.clip(BASE_DICE.get(model, 0.7) + 0.1 * rng.standard_normal(), 0, 1))
+
+
+def make_sweep(
+    root: Path,
+    models: Sequence[str] = ("unet", "fpn"),
+    seeds: Sequence[int] = (0, 1),
+    n_images: int = 30,
+    n_patients: int = 6,
+    dice: DiceFn = default_dice,
+    missing: Sequence[tuple[str, int]] = (),
+    failed: Sequence[tuple[str, int]] = (),
+    epochs: int = 3,
+    wandb: bool = False,
+    with_pids: bool = True,
+) -> Path:
+    """A sweep `model=... seed=...` under `root`; returns `root`."""
+    root.mkdir(parents=True, exist_ok=True)
+    logger = {"wandb": {"project": "brainseg-test", "entity": None}} if wandb else {}
+    task = [f"model={','.join(models)}", f"seed={','.join(map(str, seeds))}"]
+    _yaml(
+        root / "multirun.yaml",
+        {
+            "hydra": {
+                "overrides": {"task": task},
+                "sweep": {"dir": str(root), "subdir": "${hydra.job.num}"},
+            },
+            "seed": 0,
+            "model": {"name": models[0]},
+            "data": {"fold": None},
+            "logger": logger,
+        },
+    )
+    for num, (model, seed) in enumerate(itertools.product(models, seeds)):
+        if (model, seed) in missing:
+            continue
+        job = root / str(num)
+        _yaml(
+            job / ".hydra" / "config.yaml",
+            {"seed": seed, "model": {"name": model}, "data": {"fold": None}, "logger": logger},
+        )
+        _yaml(job / ".hydra" / "overrides.yaml", [f"model={model}", f"seed={seed}"])
+        if (model, seed) in failed:
+            (job / "error.txt").write_text(
+                "Traceback (most recent call last):\nRuntimeError: boom\n"
+            )
+            continue
+        per_image = _per_image(model, seed, n_images, n_patients, dice, with_pids)
+        per_image.to_csv(job / "per_image.csv", index=False)
+        _history(model, seed, epochs).to_csv(_mkdir(job / "csv") / "metrics.csv", index=False)
+        (job / "metrics.json").write_text(json.dumps(_metrics(model, seed, per_image, epochs)))
+    return root
+
+
+def _per_image(model, seed, n_images, n_patients, dice, with_pids) -> pd.DataFrame:
+    rows = []
+    for i in range(n_images):
+        patient = i % n_patients
+        d = dice(model, seed, i, patient)
+        lesions = 1 + i % 2
+        rows.append(
+            {
+                "id": str(i + 1),
+                "pid": f"P{patient}" if with_pids else "",
+                "label": 1 + patient % 3,
+                "dice": d,
+                "precision": min(1.0, d + 0.05),
+                "recall": max(0.0, d - 0.05),
+                "lesions": lesions,
+                "lesions_detected": lesions if d > 0.5 else 0,
+                "pred_area": 100,
+                "true_area": 100,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _metrics(model, seed, per_image: pd.DataFrame, epochs: int) -> dict:
+    ms = BASE_MS.get(model, 8.0) + 0.1 * seed
+    return {
+        "status": "ok",
+        "model": model,
+        "seed": seed,
+        "fold": None,
+        "split": "auto",
+        "image_size": 64,
+        "params": 1000,
+        "epochs": epochs,
+        "trainer_precision": "32-true",
+        "device": "cpu",
+        "wall_time_s": 1.0,
+        "git_commit": None,
+        "best_checkpoint": None,
+        "best_val_dice": 0.5,
+        "test": {
+            "dice": float(per_image["dice"].mean()),
+            "dice_pooled": float(per_image["dice"].mean()) + 0.01,
+            "precision": float(per_image["precision"].mean()),
+            "recall": float(per_image["recall"].mean()),
+            "lesion_recall": float(
+                per_image["lesions_detected"].sum() / per_image["lesions"].sum()
+            ),
+            "loss": 0.3,
+            "inference_ms": ms,
+            "inference_ms_std": 0.1,
+            "inference_ms_median": ms,
+            "images_per_s": 1000 / ms,
+        },
+    }
+
+
+def _history(model: str, seed: int, epochs: int) -> pd.DataFrame:
+    # Lightning's CSV layout: the validation and the training values of an epoch on separate rows.
+    rows = []
+    for epoch in range(epochs):
+        val = BASE_DICE.get(model, 0.7) * (epoch + 1) / epochs + 0.01 * seed
+        rows.append(
+            {
+                "epoch": epoch,
+                "step": 10 * epoch + 9,
+                "val/dice": val,
+                "val/loss": 1 - val,
+                "train/loss_epoch": np.nan,
+            }
+        )
+        rows.append(
+            {
+                "epoch": epoch,
+                "step": 10 * epoch + 9,
+                "val/dice": np.nan,
+                "val/loss": np.nan,
+                "train/loss_epoch": 1.0 / (epoch + 1) + 0.01 * seed,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _yaml(path: Path, data) -> None:
+    _mkdir(path.parent)
+    path.write_text(yaml.safe_dump(data))
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,49 @@
+"""A real smoke sweep (2 models x 2 seeds, synthetic data), trained once per test session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def smoke_sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`python -m brainseg.train -m experiment=smoke model=unet,fpn seed=0,1`, run on the first
+    call of the session; later calls (from any test module) reuse its directory."""
+    base = tmp_path_factory.getbasetemp() / "smoke_sweep"
+    sweep, done = base / "sweep", base / "done"
+    if done.exists():
+        return sweep
+    base.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "brainseg.train",
+        "-m",
+        "experiment=smoke",
+        "model=unet,fpn",
+        "seed=0,1",
+        f"hydra.sweep.dir={sweep}",
+        f"paths.data_dir={base / 'data'}",
+    ]
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(command, cwd=base, env=env, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0 or len(list(sweep.glob("*/metrics.json"))) != 4:
+        pytest.fail(f"the smoke sweep failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
+    done.touch()
+    return sweep
+
+
+def first_checkpoint(sweep: Path, model: str = "unet") -> Path:
+    """best.ckpt of the sweep's first job of `model`."""
+    for job in sorted(sweep.iterdir()):
+        if (job / ".hydra" / "overrides.yaml").is_file() and f"model={model}" in (
+            job / ".hydra" / "overrides.yaml"
+        ).read_text():
+            return job / "checkpoints" / "best.ckpt"
+    raise FileNotFoundError(f"no {model} job in {sweep}")

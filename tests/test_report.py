@@ -1,0 +1,203 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from fake_sweep import BASE_DICE, make_sweep
+from smoke_sweep import smoke_sweep_dir
+
+from brainseg.report import build_report, load_sweep
+from brainseg.report.__main__ import main
+from brainseg.report.collect import expected_jobs
+from brainseg.report.stats import bootstrap_ratio, paired_stats
+
+FIGURES = ("learning_curves.png", "dice_distribution.png", "dice_vs_ms.png")
+QUALITATIVE = tuple(f"qualitative_{r}.png" for r in ("best", "median", "worst"))
+
+
+def _job_records(sweep: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+
+
+def test_report_writes_every_file(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep")
+    written = build_report(sweep, wandb=False)
+    for name in ("table.md", "table.csv", "stats.md", "stats.csv", *FIGURES):
+        assert (sweep / "report" / name).stat().st_size > 0, name
+        assert written[name] == sweep / "report" / name
+    # Fake runs have no checkpoints: the grids are skipped, the rest of the report is not.
+    assert not any((sweep / "report" / name).exists() for name in QUALITATIVE)
+
+
+def test_table_equals_a_recomputation_from_the_run_records(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep", seeds=(0, 1, 2))
+    build_report(sweep, wandb=False, qualitative=False)
+    table = pd.read_csv(sweep / "report" / "table.csv", index_col="metric")
+    records = _job_records(sweep)
+    for model in ("unet", "fpn"):
+        for metric in ("dice", "precision", "recall", "lesion_recall", "inference_ms"):
+            values = [r["test"][metric] for r in records if r["model"] == model]
+            assert table.loc[metric, f"{model}_mean"] == pytest.approx(np.mean(values))
+            assert table.loc[metric, f"{model}_std"] == pytest.approx(np.std(values, ddof=1))
+            assert table.loc[metric, f"{model}_n"] == 3
+        per_image = [
+            pd.read_csv(p)["dice"].mean()
+            for p in sorted(sweep.glob("*/per_image.csv"))
+            if json.loads((p.parent / "metrics.json").read_text())["model"] == model
+        ]
+        assert table.loc["dice", f"{model}_mean"] == pytest.approx(np.mean(per_image))
+    assert table.loc["dice", "study_unet_mean"] == pytest.approx(0.8427)
+    assert table.loc["inference_ms", "study_fpn_std"] == pytest.approx(1.300)
+    text = (sweep / "report" / "table.md").read_text()
+    mean, std = table.loc["dice", "fpn_mean"], table.loc["dice", "fpn_std"]
+    assert f"{mean:.4f} ± {std:.4f}" in text
+    assert "fpn (n=3)" in text and "0.8613 ± 0.0025" in text
+
+
+def test_no_reference_leaves_the_study_out(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep")
+    build_report(sweep, reference=False, wandb=False, qualitative=False)
+    table = pd.read_csv(sweep / "report" / "table.csv")
+    assert not [c for c in table.columns if c.startswith("study_")]
+    assert "0.8427" not in (sweep / "report" / "table.md").read_text()
+
+
+def test_missing_and_failed_jobs_are_flagged_not_averaged(tmp_path):
+    sweep = make_sweep(
+        tmp_path / "sweep", seeds=(0, 1, 2), missing=[("fpn", 1)], failed=[("unet", 0)]
+    )
+    build_report(sweep, wandb=False, qualitative=False)
+    text = (sweep / "report" / "table.md").read_text()
+    assert "Incomplete sweep: 2 of 6 jobs" in text
+    assert "MISSING: fpn seed=1" in text
+    assert "FAILED: unet seed=0 (0/): RuntimeError: boom" in text
+    assert "unet (n=2)" in text and "fpn (n=2)" in text
+    table = pd.read_csv(sweep / "report" / "table.csv", index_col="metric")
+    ok = [r["test"]["dice"] for r in _job_records(sweep) if r["model"] == "unet"]
+    assert len(ok) == 2 and table.loc["dice", "unet_mean"] == pytest.approx(np.mean(ok))
+
+
+def test_cli_prints_where_the_report_went(tmp_path, capsys):
+    sweep = make_sweep(tmp_path / "sweep", missing=[("unet", 1)])
+    assert main([str(sweep), "--no-wandb", "--no-qualitative", "--resamples", "200"]) == 0
+    out, err = capsys.readouterr()
+    assert str(sweep / "report" / "stats.md") in out
+    assert "1 job(s) missing or failed" in err
+    assert main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_expected_jobs_follow_hydras_sweep_order():
+    keys, jobs = expected_jobs(["experiment=smoke", "model=unet,fpn", "seed=range(3)"])
+    assert keys == ["model", "seed"]
+    assert jobs[:2] == [{"model": "unet", "seed": "0"}, {"model": "unet", "seed": "1"}]
+    assert len(jobs) == 6 and jobs[-1] == {"model": "fpn", "seed": "2"}
+    keys, jobs = expected_jobs(["model=unet,fpn", "data.fold=range(1,6)"])
+    assert keys == ["model", "data.fold"] and len(jobs) == 10
+
+
+def test_identical_models_differ_by_nothing(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep", dice=lambda m, s, i, p: 0.5 + 0.4 * np.sin(i + s))
+    build_report(sweep, wandb=False, qualitative=False, n_resamples=500)
+    stats = pd.read_csv(sweep / "report" / "stats.csv")
+    assert set(stats["subset"]) == {"all", "meningioma", "glioma", "pituitary"}
+    for row in stats.itertuples():
+        assert row.diff == pytest.approx(0.0, abs=1e-12)
+        assert row.ci_low <= 0.0 <= row.ci_high
+    dice = stats[(stats["metric"] == "dice") & (stats["subset"] == "all")].iloc[0]
+    assert dice["wilcoxon_p"] == 1.0 and dice["unit"] == "patient"
+
+
+def test_a_uniformly_better_model_wins_by_its_margin(tmp_path):
+    def dice(model, seed, image, patient):
+        base = 0.5 + 0.3 * np.sin(3 * image + seed)
+        return base + (0.1 if model == "fpn" else 0.0)
+
+    sweep = make_sweep(tmp_path / "sweep", dice=dice, n_images=40)
+    stats = paired_stats(_means(sweep), n_resamples=500)
+    row = stats[(stats["metric"] == "dice") & (stats["subset"] == "all")].iloc[0]
+    assert (row["model_a"], row["model_b"]) == ("unet", "fpn")
+    assert row["diff"] == pytest.approx(0.1)
+    assert row["ci_low"] > 0 and row["ci_low"] == pytest.approx(0.1)
+    assert row["wilcoxon_p"] < 0.001
+    assert row["mean_b"] - row["mean_a"] == pytest.approx(0.1)
+
+
+def _means(sweep: Path) -> dict[str, pd.DataFrame]:
+    from brainseg.report import per_image_means
+
+    return per_image_means(load_sweep(sweep))
+
+
+def test_bootstrap_resamples_patients_not_slices():
+    # 8 patients x 25 slices; slices of a patient share its value: 8 independent units, not 200.
+    rng = np.random.default_rng(1)
+    patient_effect = rng.normal(0, 1, 8)
+    values = np.repeat(patient_effect, 25) + rng.normal(0, 0.05, 200)
+    pids = np.repeat(np.arange(8), 25)
+    ones = np.ones(200)
+    est_p, low_p, high_p = bootstrap_ratio(values, ones, pids, n_resamples=2000, seed=0)
+    est_i, low_i, high_i = bootstrap_ratio(values, ones, None, n_resamples=2000, seed=0)
+    assert est_p == pytest.approx(values.mean()) and est_i == pytest.approx(values.mean())
+    assert (high_p - low_p) > 3 * (high_i - low_i)
+    # The clustered interval matches the spread of patient means, as it should.
+    se = patient_effect.std(ddof=1) / np.sqrt(8)
+    assert (high_p - low_p) == pytest.approx(2 * 1.96 * se, rel=0.35)
+
+
+def test_bootstrap_is_reproducible_and_a_ratio():
+    num, den = np.array([1.0, 0.0, 2.0]), np.array([1.0, 1.0, 2.0])
+    assert bootstrap_ratio(num, den, seed=3) == bootstrap_ratio(num, den, seed=3)
+    assert bootstrap_ratio(num, den)[0] == pytest.approx(3 / 4)
+
+
+def test_without_patient_ids_slices_are_the_unit(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep", with_pids=False)
+    stats = paired_stats(_means(sweep), n_resamples=200)
+    assert set(stats["unit"]) == {"image"}
+    assert (stats["n_clusters"] == stats["n_images"]).all()
+
+
+def test_learning_curves_join_the_sparse_lightning_rows(tmp_path):
+    sweep = load_sweep(make_sweep(tmp_path / "sweep", epochs=4))
+    history = sweep.ok[0].history
+    assert len(history) == 4
+    assert history[["val/dice", "train/loss_epoch"]].notna().all().all()
+    assert history["val/dice"].iloc[-1] == pytest.approx(BASE_DICE["unet"])
+
+
+def test_wandb_report_lands_in_the_sweeps_group(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    sweep = make_sweep(tmp_path / "sweep", wandb=True)
+    assert load_sweep(sweep).group == str(sweep).replace("/", "_")
+    written = build_report(sweep, qualitative=False, n_resamples=100)
+    run_dir = written["wandb"]
+    assert run_dir.is_dir() and (sweep / "report") in run_dir.parents
+    assert not (tmp_path / "wandb").exists()
+
+
+@pytest.mark.slow
+def test_report_on_a_real_smoke_sweep(tmp_path_factory):
+    sweep = smoke_sweep_dir(tmp_path_factory)
+    written = build_report(sweep, wandb=False, n_resamples=500)
+    for name in ("table.md", "table.csv", "stats.md", "stats.csv", *FIGURES, *QUALITATIVE):
+        assert written[name].stat().st_size > 0, name
+    table = pd.read_csv(sweep / "report" / "table.csv", index_col="metric")
+    records = _job_records(sweep)
+    assert len(records) == 4
+    for model in ("unet", "fpn"):
+        mine = [r for r in records if r["model"] == model]
+        per_image = [
+            pd.read_csv(Path(sweep, str(i), "per_image.csv"))["dice"].mean()
+            for i, r in enumerate(records)
+            if r["model"] == model
+        ]
+        assert table.loc["dice", f"{model}_n"] == 2
+        assert table.loc["dice", f"{model}_mean"] == pytest.approx(
+            np.mean([r["test"]["dice"] for r in mine])
+        )
+        assert table.loc["dice", f"{model}_mean"] == pytest.approx(np.mean(per_image), abs=1e-4)
+    assert "Incomplete" not in (sweep / "report" / "table.md").read_text()
