@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,7 +127,7 @@ def load_cache(path: str | os.PathLike) -> CachedData:
             if info.get("version") != FORMAT_VERSION:
                 raise ValueError(f"format version {info.get('version')}, expected {FORMAT_VERSION}")
             arrays = {k: data[k] for k in KEYS if k != "info"}
-    except (OSError, ValueError, EOFError) as error:
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
         raise ValueError(
             f"cache {path} is unreadable ({error}): delete it and run "
             "`python -m brainseg.data prepare` to build it again"

@@ -1,0 +1,9 @@
+import pytest
+from datafiles import FileServer
+
+
+@pytest.fixture
+def server():
+    s = FileServer()
+    yield s
+    s.close()

@@ -1,0 +1,165 @@
+import hashlib
+import io
+import zipfile
+
+import h5py
+import numpy as np
+import pytest
+from datafiles import slice_arrays, write_mat
+
+from brainseg.data.figshare import FigshareSource, RemoteFile, read_mat
+
+
+def test_read_mat_undoes_matlab_transpose_and_decodes_pid(tmp_path):
+    image, mask = slice_arrays(0)
+    sample = read_mat(write_mat(tmp_path / "7.mat", image, mask, pid="100360", label=3))
+    np.testing.assert_array_equal(sample.image, image)
+    np.testing.assert_array_equal(sample.mask, mask)
+    assert sample.image.dtype == np.int16
+    assert sample.meta == {"id": "7", "pid": "100360", "label": 3}
+
+
+def test_mat_v5_is_rejected_with_the_fix(tmp_path):
+    path = tmp_path / "1.mat"
+    path.write_bytes(b"MATLAB 5.0 MAT-file, Platform: PCWIN".ljust(128, b" ") + bytes(64))
+    with pytest.raises(ValueError, match=r"1\.mat is a MATLAB v5 file, not v7\.3.*-v7\.3"):
+        read_mat(path)
+
+
+def test_truncated_mat_is_reported_as_damaged(tmp_path):
+    path = write_mat(tmp_path / "2.mat", *slice_arrays(0))
+    path.write_bytes(path.read_bytes()[:1500])
+    with pytest.raises(ValueError, match=r"2\.mat .*(damaged|corrupt).*prepare"):
+        read_mat(path)
+
+
+def test_garbage_mat_is_reported(tmp_path):
+    path = tmp_path / "3.mat"
+    path.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(ValueError, match=r"3\.mat is not a MATLAB v7\.3 .*corrupt"):
+        read_mat(path)
+
+
+def test_missing_cjdata_field_is_named(tmp_path):
+    path = write_mat(tmp_path / "4.mat", *slice_arrays(0), skip=("tumorMask",))
+    with pytest.raises(ValueError, match=r"4\.mat: cjdata lacks tumorMask"):
+        read_mat(path)
+    other = tmp_path / "5.mat"
+    with h5py.File(other, "w") as f:
+        f["something"] = np.zeros(3)
+    with pytest.raises(ValueError, match=r"5\.mat has no 'cjdata'"):
+        read_mat(other)
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _mat_bytes(tmp_path, i: int, pid: str) -> bytes:
+    return write_mat(
+        tmp_path / f"src{i}.mat", *slice_arrays(i), pid=pid, label=i % 3 + 1
+    ).read_bytes()
+
+
+def _table(blobs: dict[str, bytes]) -> list[RemoteFile]:
+    return [
+        RemoteFile(name, 100 + k, hashlib.md5(b).hexdigest(), len(b))
+        for k, (name, b) in enumerate(blobs.items())
+    ]
+
+
+@pytest.fixture
+def article(server, tmp_path):
+    """Two zips (slices 1-3 and 4-11) and cvind.mat served like figshare; returns the file table."""
+    mats = {i: _mat_bytes(tmp_path, i, pid=f"{100 + (i - 1) // 2}") for i in range(1, 12)}
+    cvind = tmp_path / "cvind_src.mat"
+    with h5py.File(cvind, "w") as f:
+        f["cvind"] = np.array([[(i - 1) // 2 % 5 + 1 for i in range(1, 12)]], dtype=float)
+    blobs = {
+        "a_1-3.zip": _zip({f"{i}.mat": mats[i] for i in (1, 2, 3)}),
+        "b_4-11.zip": _zip({f"{i}.mat": mats[i] for i in range(4, 12)}),
+        "cvind.mat": cvind.read_bytes(),
+    }
+    table = _table(blobs)
+    for remote, data in zip(table, blobs.values(), strict=True):
+        server.files[f"/files/{remote.id}"] = data
+    return table
+
+
+def test_full_flow_downloads_extracts_reads_in_numeric_order(server, article, tmp_path):
+    source = FigshareSource(tmp_path / "fs", base_url=f"{server.url}/files", files=article)
+    source.prepare()
+    samples = list(source)
+    assert [s.meta["id"] for s in samples] == [str(i) for i in range(1, 12)]
+    assert samples[9].meta == {"id": "10", "pid": "104", "label": 2}
+    np.testing.assert_array_equal(samples[9].image, slice_arrays(10)[0])
+    assert source.folds() == {str(i): (i - 1) // 2 % 5 + 1 for i in range(1, 12)}
+    assert source.verify() == []
+    # A second prepare downloads nothing.
+    count = len(server.requests)
+    source.prepare()
+    assert len(server.requests) == count
+
+
+def test_cache_key_follows_the_file_table_not_the_root(tmp_path, article):
+    a = FigshareSource(tmp_path / "a", files=article)
+    assert a.cache_key() == FigshareSource(tmp_path / "b", files=article).cache_key()
+    assert a.cache_key() != FigshareSource(tmp_path / "a").cache_key()
+
+
+def test_reading_before_prepare_says_to_prepare(tmp_path, article):
+    with pytest.raises(FileNotFoundError, match="not yet extracted.*prepare"):
+        len(FigshareSource(tmp_path, files=article))
+
+
+def test_download_off_and_file_missing_names_file_and_fix(tmp_path, article):
+    source = FigshareSource(tmp_path, files=article, download=False)
+    with pytest.raises(FileNotFoundError, match=r"a_1-3\.zip is missing.*put a_1-3\.zip .* into"):
+        source.prepare()
+
+
+def test_truncated_zip_names_the_zip_and_the_fix(tmp_path, server):
+    whole = _zip({"1.mat": _mat_bytes(tmp_path, 1, "1")})
+    broken = whole[: len(whole) // 2]
+    table = _table({"t.zip": broken})
+    server.files[f"/files/{table[0].id}"] = broken
+    source = FigshareSource(tmp_path / "fs", base_url=f"{server.url}/files", files=table)
+    with pytest.raises(ValueError, match=r"t\.zip is damaged .*delete it and run .*prepare"):
+        source.prepare()
+    assert not (tmp_path / "fs" / "mat" / ".t.zip.done").exists()
+
+
+def test_extraction_cut_off_halfway_is_redone_on_the_next_run(server, article, tmp_path):
+    source = FigshareSource(tmp_path / "fs", base_url=f"{server.url}/files", files=article)
+    source.prepare()
+    mat_dir = tmp_path / "fs" / "mat"
+    # As if the second zip was being extracted when the process died.
+    (mat_dir / ".b_4-11.zip.done").unlink()
+    (mat_dir / "9.mat").unlink()
+    (mat_dir / "10.mat.part").write_bytes(b"half")
+    with pytest.raises(FileNotFoundError, match=r"b_4-11\.zip not yet extracted"):
+        list(source)
+    source.prepare()
+    assert len(source) == 11 and not list(mat_dir.glob("*.part"))
+    assert read_mat(mat_dir / "9.mat").meta["pid"] == "104"
+
+
+def test_verify_reports_a_corrupt_mat(server, article, tmp_path):
+    source = FigshareSource(tmp_path / "fs", base_url=f"{server.url}/files", files=article)
+    source.prepare()
+    (tmp_path / "fs" / "mat" / "5.mat").write_bytes(b"not hdf5")
+    problems = source.verify()
+    assert len(problems) == 1 and "5.mat" in problems[0]
+
+
+def test_cvind_in_matlab_v5_format_is_read(tmp_path):
+    from scipy.io import savemat
+
+    from brainseg.data.figshare import read_cvind
+
+    savemat(tmp_path / "cvind.mat", {"cvind": np.array([[1], [2], [5]], dtype=float)})
+    assert read_cvind(tmp_path / "cvind.mat").tolist() == [1, 2, 5]

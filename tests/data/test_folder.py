@@ -1,0 +1,124 @@
+import numpy as np
+import pytest
+from datafiles import write_folder
+from PIL import Image
+
+from brainseg.data.folder import FolderSource
+
+
+def test_pairs_metadata_and_natural_order(tmp_path):
+    source = FolderSource(write_folder(tmp_path / "d", n=11))
+    samples = list(source)
+    assert [s.meta["id"] for s in samples] == [str(i) for i in range(1, 12)]
+    assert samples[9].meta == {"id": "10", "pid": "P4", "label": 2}
+    assert samples[0].image.dtype == np.uint8 and samples[0].image.shape == (16, 16)
+    assert set(np.unique(samples[0].mask)) == {0, 255}
+    assert source.folds()["10"] == 5
+
+
+def test_without_metadata_pids_are_unknown(tmp_path):
+    source = FolderSource(write_folder(tmp_path / "d", metadata=False))
+    assert {s.meta["pid"] for s in source} == {""}
+    assert source.folds() is None
+
+
+def test_empty_masks_are_allowed(tmp_path):
+    source = FolderSource(write_folder(tmp_path / "d", empty=(2, 4)))
+    masks = {s.meta["id"]: s.mask for s in source}
+    assert not masks["2"].any() and masks["3"].any()
+    assert source.verify() == []
+
+
+def test_mixed_formats_pair_by_stem(tmp_path):
+    root = write_folder(tmp_path / "d", n=2, metadata=False)
+    Image.open(root / "images" / "1.png").save(root / "images" / "x.tif")
+    Image.open(root / "masks" / "1.png").save(root / "masks" / "x.png")
+    Image.open(root / "images" / "2.png").convert("RGB").save(root / "images" / "y.jpg")
+    Image.open(root / "masks" / "2.png").save(root / "masks" / "y.jpeg", quality=70)
+    samples = {s.meta["id"]: s for s in FolderSource(root)}
+    assert set(samples) == {"1", "2", "x", "y"}
+    assert samples["y"].image.ndim == 2  # colour JPEG read as grey
+    assert set(np.unique(samples["y"].mask)) <= {0, 255}  # JPEG mask thresholded
+
+
+def test_cache_key_changes_when_a_file_changes(tmp_path):
+    root = write_folder(tmp_path / "d")
+    key = FolderSource(root).cache_key()
+    assert FolderSource(root).cache_key() == key
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / "masks" / "3.png")
+    assert FolderSource(root).cache_key() != key
+
+
+def test_image_without_mask_and_mask_without_image_are_named(tmp_path):
+    root = write_folder(tmp_path / "d")
+    (root / "masks" / "2.png").unlink()
+    (root / "images" / "5.png").unlink()
+    with pytest.raises(ValueError, match=r"2 unpaired") as info:
+        len(FolderSource(root))
+    message = str(info.value)
+    assert "images/2.png: no mask" in message and "masks/5.png: no image" in message
+    assert "verify" in message
+
+
+def test_size_mismatch_names_both_files(tmp_path):
+    root = write_folder(tmp_path / "d")
+    Image.fromarray(np.zeros((20, 16), np.uint8)).save(root / "masks" / "3.png")
+    with pytest.raises(
+        ValueError, match=r"images/3\.png / .*masks/3\.png: image is 16x16 but mask is 20x16"
+    ):
+        list(FolderSource(root))
+
+
+def test_non_binary_mask_is_named_with_its_values(tmp_path):
+    root = write_folder(tmp_path / "d")
+    Image.fromarray(np.array([[0, 128], [255, 0]] * 8, np.uint8).repeat(8, 1)).save(
+        root / "masks" / "4.png"
+    )
+    with pytest.raises(
+        ValueError, match=r"masks/4\.png: mask is not binary \(values 0, 128, 255\).*nearest"
+    ):
+        list(FolderSource(root))
+
+
+def test_empty_folder_says_where_to_put_the_files(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    with pytest.raises(ValueError, match=r"no images .* in .*images: put the slices there"):
+        len(FolderSource(tmp_path))
+
+
+def test_missing_root_and_missing_masks_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nowhere does not exist: set data\.root"):
+        len(FolderSource(tmp_path / "nowhere"))
+    (tmp_path / "images").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"masks does not exist"):
+        len(FolderSource(tmp_path))
+
+
+def test_unreadable_image_is_named(tmp_path):
+    root = write_folder(tmp_path / "d")
+    (root / "images" / "6.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(ValueError, match=r"cannot read .*images/6\.png .*re-export it"):
+        list(FolderSource(root))
+
+
+def test_bad_metadata_columns_are_named(tmp_path):
+    root = write_folder(tmp_path / "d")
+    (root / "metadata.csv").write_text("name,patient\n1,a\n")
+    with pytest.raises(
+        ValueError, match=r"metadata\.csv has columns \['name', 'patient'\]; it needs sample_id,pid"
+    ):
+        list(FolderSource(root))
+
+
+def test_verify_lists_every_problem_without_stopping(tmp_path):
+    root = write_folder(tmp_path / "d", n=8)
+    (root / "images" / "2.png").write_bytes(b"garbage")
+    (root / "masks" / "5.png").unlink()
+    Image.fromarray(np.full((16, 16), 7, np.uint8)).save(root / "masks" / "7.png")
+    problems = FolderSource(root).verify()
+    assert len(problems) == 3
+    joined = "\n".join(problems)
+    assert (
+        "images/2.png" in joined and "images/5.png: no mask" in joined and "masks/7.png" in joined
+    )
