@@ -47,3 +47,23 @@ def first_checkpoint(sweep: Path, model: str = "unet") -> Path:
         ).read_text():
             return job / "checkpoints" / "best.ckpt"
     raise FileNotFoundError(f"no {model} job in {sweep}")
+
+
+def untrained_checkpoint(path: Path, model: str = "unet", *overrides: str) -> Path:
+    """A checkpoint as brainseg.train writes it (weights + run config), of a smoke-preset network
+    that was never trained: enough for predict and export, in a fraction of a second."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from brainseg.module import build_module
+
+    from .conftest import compose_config
+
+    cfg = compose_config(
+        ["experiment=smoke", f"model={model}", f"paths.output_dir={path.parent}", *overrides]
+    )
+    config = OmegaConf.to_container(cfg, resolve=True)
+    module = build_module(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": {"config": config}}, path)
+    return path

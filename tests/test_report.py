@@ -6,13 +6,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from fake_sweep import BASE_DICE, make_sweep
-from smoke_sweep import smoke_sweep_dir
 
 from brainseg.report import build_report, load_sweep
 from brainseg.report.__main__ import main
 from brainseg.report.collect import expected_jobs
 from brainseg.report.stats import bootstrap_ratio, paired_stats
+
+from .fake_sweep import BASE_DICE, make_sweep
+from .smoke_sweep import smoke_sweep_dir
 
 FIGURES = ("learning_curves.png", "dice_distribution.png", "dice_vs_ms.png")
 QUALITATIVE = tuple(f"qualitative_{r}.png" for r in ("best", "median", "worst"))

@@ -1,0 +1,143 @@
+"""A trained network as ONNX or TorchScript, checked against PyTorch.
+
+    python -m brainseg.export ckpt_path=<run_dir>/checkpoints/best.ckpt format=onnx
+    python -m brainseg.export ckpt_path=... format=torchscript output=unet.pt
+
+The exported model maps normalised images `image` (B, C, H, W) to `logits` (B, 1, H, W), any
+batch size. Inputs are prepared as `brainseg.predict.SlicePreprocessor` does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from brainseg.module import load_module
+
+log = logging.getLogger(__name__)
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+# Batch sizes of the check; neither is the traced one, so a fixed batch would be caught.
+CHECK_BATCHES = (1, 3)
+
+
+def export(
+    ckpt_path: str | os.PathLike,
+    format: str = "onnx",
+    output: str | os.PathLike | None = None,
+    image_size: int | None = None,
+    opset: int = 18,
+    tolerance: float = 1e-3,
+    seed: int = 0,
+) -> tuple[Path, float]:
+    """Writes the checkpoint's network in `format` and compares it with PyTorch.
+
+    Returns:
+        (path written, max |exported - PyTorch| over the logits on random input).
+
+    Raises:
+        RuntimeError: when that difference exceeds `tolerance`.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format={format!r} is not one of {', '.join(FORMATS)}")
+    module = load_module(ckpt_path)
+    net, data = module.net.eval(), module.hparams.config["data"]
+    size = int(image_size or data["image_size"])
+    channels = int(data["in_channels"])
+    path = Path(output) if output else _default_path(Path(ckpt_path), format)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed)
+    example = torch.randn(2, channels, size, size, generator=generator)
+    checks = [torch.randn(b, channels, size, size, generator=generator) for b in CHECK_BATCHES]
+    if format == "onnx":
+        _to_onnx(net, example, path, opset)
+        diff = _max_diff(net, checks, _onnx_runner(path))
+    else:
+        _to_torchscript(net, example, path)
+        loaded = torch.jit.load(str(path), map_location="cpu").eval()
+        diff = _max_diff(net, checks, lambda x: loaded(x).numpy())
+    if not diff <= tolerance:
+        raise RuntimeError(
+            f"the {format} export {path} differs from PyTorch by {diff:.3g} (> tolerance "
+            f"{tolerance:g}): check the opset (export.opset={opset}) or raise export.tolerance"
+        )
+    return path, diff
+
+
+def _default_path(ckpt_path: Path, format: str) -> Path:
+    return ckpt_path.with_name(ckpt_path.stem + FORMATS[format])
+
+
+def _to_onnx(net: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            net,
+            (example,),
+            dynamo=True,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_shapes=({0: batch},),
+            opset_version=opset,
+            verbose=False,
+        )
+    tmp = path.with_name(path.name + ".tmp")
+    program.save(str(tmp), external_data=False)
+    os.replace(tmp, path)
+
+
+def _onnx_runner(path: Path):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x.numpy()})[0]
+
+
+def _to_torchscript(net: nn.Module, example: torch.Tensor, path: Path) -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated upstream; it still runs anywhere
+        traced = torch.jit.trace(net, example, check_trace=False)  # checked below, once
+    tmp = path.with_name(path.name + ".tmp")
+    traced.save(str(tmp))
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def _max_diff(net: nn.Module, inputs: list[torch.Tensor], run) -> float:
+    return max(float(np.abs(run(x) - net(x).numpy()).max()) for x in inputs)
+
+
+# Absolute, so that `main` also finds conf/ when called in-process (tests), not only via -m.
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="export")
+def main(cfg: DictConfig) -> float:
+    e = cfg.export
+    path, diff = export(
+        cfg.ckpt_path,
+        cfg.format,
+        cfg.output,
+        image_size=e.image_size,
+        opset=e.opset,
+        tolerance=e.tolerance,
+        seed=e.seed,
+    )
+    print(
+        f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB); "
+        f"max |{cfg.format} - PyTorch| on random input: {diff:.3g} (tolerance {e.tolerance:g})"
+    )
+    return diff
+
+
+if __name__ == "__main__":
+    main()

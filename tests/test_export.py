@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from brainseg.export import export, main
+from brainseg.module import load_module
+
+from .smoke_sweep import untrained_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "unet.ckpt")
+
+
+def test_torchscript_matches_pytorch_at_any_batch_size(tmp_path, checkpoint):
+    path, diff = export(checkpoint, "torchscript", tmp_path / "unet.pt")
+    assert diff < 1e-4
+    scripted = torch.jit.load(str(path))
+    net = load_module(checkpoint).net
+    x = torch.randn(5, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), net(x), atol=1e-4)
+
+
+def test_onnx_matches_pytorch_with_a_dynamic_batch(tmp_path, checkpoint):
+    ort = pytest.importorskip("onnxruntime")
+    path, diff = export(checkpoint, "onnx", tmp_path / "unet.onnx")
+    assert diff < 1e-4
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image"]
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        expected = load_module(checkpoint).net(x).numpy()
+    (logits,) = session.run(None, {"image": x.numpy()})
+    assert logits.shape == (4, 1, 64, 64)
+    assert np.abs(logits - expected).max() < 1e-4
+
+
+def test_a_difference_above_the_tolerance_fails_clearly(tmp_path, checkpoint):
+    with pytest.raises(RuntimeError, match="differs from PyTorch"):
+        export(checkpoint, "torchscript", tmp_path / "unet.pt", tolerance=-1.0)
+
+
+def test_an_unknown_format_names_the_choices(checkpoint):
+    with pytest.raises(ValueError, match="onnx, torchscript"):
+        export(checkpoint, "tflite")
+
+
+def test_cli_writes_next_to_the_checkpoint_and_prints_the_difference(
+    checkpoint, monkeypatch, capsys
+):
+    monkeypatch.setattr(sys, "argv", ["export", f"ckpt_path={checkpoint}", "format=torchscript"])
+    main()
+    out = capsys.readouterr().out
+    assert (checkpoint.parent / "unet.torchscript.pt").is_file()
+    assert "max |torchscript - PyTorch|" in out
