@@ -162,11 +162,11 @@ def _natural_key(sample_id: str) -> tuple:
 
 
 def build_network(model_cfg: DictConfig | dict[str, Any], load_pretrained: bool = True) -> nn.Module:
-    """Instantiates the network of a `model` config; `name` is a label, not an argument.
+    """Instantiates the network of a resolved `model` config; `name` is a label, not an argument.
 
     With `load_pretrained=False`, backbone weights are not fetched: the caller loads its own.
     """
-    cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(model_cfg), resolve=True))
+    cfg = OmegaConf.create(model_cfg)
     cfg.pop("name", None)
     if not load_pretrained:
         for key, value in (("pretrained", False), ("weights_path", None)):
@@ -177,8 +177,8 @@ def build_network(model_cfg: DictConfig | dict[str, Any], load_pretrained: bool 
 
 def build_module(cfg: DictConfig | dict[str, Any], load_pretrained: bool = True) -> SegmentationModule:
     """The `SegmentationModule` a run configuration describes (model, loss, optimiser, metrics)."""
-    cfg = OmegaConf.create(cfg)
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = OmegaConf.to_container(OmegaConf.create(cfg), resolve=True)
+    cfg = OmegaConf.create(config)
     return SegmentationModule(
         net=build_network(cfg.model, load_pretrained),
         loss=instantiate(cfg.loss),

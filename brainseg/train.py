@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import subprocess
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -200,9 +201,8 @@ def _write_per_image(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def _finish_wandb() -> None:
     # Each multirun job is its own W&B run: close this one before Hydra starts the next job.
-    import wandb
-
-    if wandb.run is not None:
+    wandb = sys.modules.get("wandb")  # never imported: no run to close
+    if wandb is not None and wandb.run is not None:
         wandb.finish()
 
 

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO_ROOT / "conf"
+REAL_DATA = REPO_ROOT.parent / "shared" / "datasets" / "figshare-brain-tumor-png256"
+
+# Tests never reach W&B's servers, and never prompt for a login.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    """The training configuration as `python -m brainseg.train <overrides>` would compose it."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides or [])
+
+
+@pytest.fixture
+def smoke_cfg(tmp_path: Path):
+    """Returns a factory of smoke-preset configs writing under tmp_path."""
+
+    def make(*overrides: str, run: str = "run") -> DictConfig:
+        return compose_config(
+            [
+                "experiment=smoke",
+                f"paths.output_dir={tmp_path / run}",
+                f"paths.data_dir={tmp_path / 'data'}",
+                *overrides,
+            ]
+        )
+
+    return make

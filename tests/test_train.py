@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from brainseg.module import build_module, load_module
+from brainseg.train import resolve_precision, train
+
+from .conftest import REPO_ROOT, compose_config
+
+METRICS_KEYS = {
+    "status", "model", "seed", "fold", "params", "epochs", "wall_time_s", "git_commit",
+    "best_checkpoint", "best_val_dice", "trainer_precision", "device", "test",
+}
+TEST_KEYS = {
+    "dice", "dice_pooled", "precision", "recall", "lesion_recall", "loss",
+    "inference_ms", "inference_ms_std", "images_per_s",
+}
+
+
+def test_defaults_reproduce_the_study():
+    cfg = compose_config(["paths.output_dir=unused"])
+    assert cfg.data.image_size == 256
+    assert cfg.data.fractions == [0.7, 0.15, 0.15]
+    assert cfg.data.batch_size == 16
+    assert cfg.model.name == "unet" and cfg.model.base_width == 64
+    assert cfg.trainer.max_epochs == 80
+    assert cfg.optimizer.lr == pytest.approx(1e-4) and cfg.scheduler.eta_min == pytest.approx(1e-5)
+    assert cfg.loss._target_.endswith("DiceFocalLoss")
+    fpn = compose_config(["model=fpn", "paths.output_dir=unused"])
+    assert fpn.model.backbone == "resnet50" and fpn.model.pretrained is True
+
+
+@pytest.mark.parametrize(("experiment", "model", "key", "value", "other"), [
+    ("cpu", "unet", "base_width", 16, 32),
+    ("cpu", "fpn", "backbone", "resnet18", "resnet34"),
+    ("smoke", "fpn", "backbone", "resnet18", "resnet34"),
+])
+def test_presets_specialise_each_model(experiment, model, key, value, other):
+    cfg = compose_config([f"experiment={experiment}", f"model={model}", "paths.output_dir=x"])
+    assert cfg.model[key] == value
+    # A command-line override still wins over the preset.
+    cfg = compose_config([f"experiment={experiment}", f"model={model}", "paths.output_dir=x",
+                          f"model.{key}={other}"])
+    assert cfg.model[key] == other
+
+
+def test_precision_is_32_bit_on_cpu_and_explicit_choice_wins(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_precision("auto", "auto") == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_precision("auto", "auto") == "bf16-mixed"
+    assert resolve_precision("auto", "cpu") == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert resolve_precision(None, "gpu") == "16-mixed"
+    assert resolve_precision("16-mixed", "cpu") == "16-mixed"
+
+
+@pytest.mark.parametrize("model", ["unet", "fpn"])
+def test_fit_and_test_write_the_run_records(smoke_cfg, model):
+    cfg = smoke_cfg(f"model={model}")
+    record = train(cfg)
+    out = Path(cfg.paths.output_dir)
+
+    written = json.loads((out / "metrics.json").read_text())
+    assert written == json.loads(json.dumps(record))
+    assert METRICS_KEYS <= set(written)
+    assert TEST_KEYS <= set(written["test"])
+    assert written["model"] == model and written["epochs"] == cfg.trainer.max_epochs
+    assert 0.0 <= written["test"]["dice"] <= 1.0
+    assert written["test"]["inference_ms"] > 0
+
+    split = pd.read_csv(out / "split.csv")
+    per_image = pd.read_csv(out / "per_image.csv")
+    test_ids = set(split.loc[split.subset == "test", "id"].astype(str))
+    assert set(per_image["id"].astype(str)) == test_ids
+    # The headline Dice is the mean of the per-image Dice written for the report.
+    assert per_image["dice"].mean() == pytest.approx(written["test"]["dice"], abs=1e-5)
+    assert (out / "checkpoints" / "best.ckpt").is_file()
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    epochs = pd.read_csv(out / "csv" / "metrics.csv")
+    assert epochs["val/dice"].notna().sum() == cfg.trainer.max_epochs
+
+
+def test_overfitting_one_batch_drives_the_loss_down():
+    cfg = compose_config(["experiment=smoke", "paths.output_dir=unused", "optimizer.lr=0.01"])
+    torch.manual_seed(0)
+    module = build_module(cfg)
+    images = torch.randn(4, 3, 64, 64)
+    masks = (images[:, :1] > 1.0).float()
+    optimizer = module.configure_optimizers()["optimizer"]
+    losses = []
+    for _ in range(40):
+        optimizer.zero_grad()
+        loss = module.loss(module(images), masks)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_same_seed_same_metrics_and_resume_continues_exactly(smoke_cfg):
+    straight = train(smoke_cfg("trainer.max_epochs=2", run="straight"))
+    again = train(smoke_cfg("trainer.max_epochs=2", run="again"))
+    assert again["test"]["dice"] == straight["test"]["dice"]
+    assert again["test"]["loss"] == straight["test"]["loss"]
+
+    cut = smoke_cfg("trainer.max_epochs=1", run="cut")
+    train(cut)
+    last = Path(cut.paths.output_dir) / "checkpoints" / "last.ckpt"
+    resumed = train(smoke_cfg("trainer.max_epochs=2", f"ckpt_path={last}", run="cut"))
+    assert resumed["epochs"] == 2
+    assert resumed["best_val_dice"] == pytest.approx(straight["best_val_dice"], abs=1e-6)
+    assert resumed["test"]["loss"] == pytest.approx(straight["test"]["loss"], abs=1e-6)
+    assert resumed["test"]["dice"] == pytest.approx(straight["test"]["dice"], abs=1e-6)
+
+
+def test_checkpoint_alone_rebuilds_the_trained_network(smoke_cfg):
+    cfg = smoke_cfg("trainer.max_epochs=1")
+    record = train(cfg)
+    module = load_module(record["best_checkpoint"])
+    state = torch.load(record["best_checkpoint"], map_location="cpu", weights_only=False)
+    for name, tensor in module.state_dict().items():
+        assert torch.equal(tensor, state["state_dict"][name]), name
+    assert not module.training
+
+
+def test_load_module_names_a_missing_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.ckpt"):
+        load_module(tmp_path / "nothing.ckpt")
+
+
+def test_wandb_offline_run_writes_its_files_under_the_run_dir(smoke_cfg, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = smoke_cfg("logger=wandb", "trainer.max_epochs=1")
+    train(cfg)
+    from brainseg.train import _finish_wandb
+
+    _finish_wandb()
+    runs = list((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert any(runs[0].glob("*.wandb"))
+
+
+def test_multirun_sweep_writes_one_record_per_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "brainseg.train", "-m", "experiment=smoke", "model=unet,fpn",
+         "seed=0,1", f"hydra.sweep.dir={sweep}", f"paths.data_dir={tmp_path / 'data'}"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+    assert len(records) == 4
+    assert {(r["model"], r["seed"]) for r in records} == {
+        ("unet", 0), ("unet", 1), ("fpn", 0), ("fpn", 1)}
+    splits = [(p.parent / "split.csv").read_text() for p in sorted(sweep.glob("*/metrics.json"))]
+    assert all(split == splits[0] for split in splits), "every job must see the same split"
