@@ -83,6 +83,10 @@ def wandb_has_credentials() -> bool:
 
 def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
     """A CSV log in every run (`csv/metrics.csv`), plus the configured loggers."""
+    previous = output_dir / "csv" / "metrics.csv"
+    if previous.is_file():
+        # Lightning's CSV logger deletes an existing log: keep a resumed run's earlier epochs.
+        previous.rename(previous.with_name(f"metrics-{time.strftime('%Y%m%d-%H%M%S')}.csv"))
     loggers: list[Logger] = [CSVLogger(save_dir=output_dir, name="", version="csv")]
     for name, logger_cfg in (cfg.get("logger") or {}).items():
         if name == "wandb":

@@ -26,9 +26,8 @@ class SliceDataset(Dataset):
     """Slices held in memory as uint8 arrays; items are dicts of tensors and metadata."""
 
     def __init__(self, data: CachedData, index: np.ndarray, transform: SegmentationTransform):
-        # Contiguous copies: workers read them without touching files.
-        self.images = np.ascontiguousarray(data.images[index])
-        self.masks = np.ascontiguousarray(data.masks[index])
+        # Views into the shared arrays plus an index: no copy, and forked workers share them.
+        self.images, self.masks, self.index = data.images, data.masks, index
         self.ids = data.ids[index].tolist()
         self.pids = data.pids[index].tolist()
         self.labels = data.labels[index].tolist()
@@ -38,7 +37,8 @@ class SliceDataset(Dataset):
         return len(self.ids)
 
     def __getitem__(self, i: int) -> dict:
-        image, mask = self.transform(self.images[i], self.masks[i])
+        j = self.index[i]
+        image, mask = self.transform(self.images[j], self.masks[j])
         return {
             "image": image,
             "mask": mask,
