@@ -35,11 +35,16 @@ def make_sweep(
     epochs: int = 3,
     wandb: bool = False,
     with_pids: bool = True,
+    folds: Sequence[int] = (),
 ) -> Path:
-    """A sweep `model=... seed=...` under `root`; returns `root`."""
+    """A sweep `model=... seed=...` (and `data.fold=...` with `folds`: each fold tests other
+    slices and patients) under `root`; returns `root`. `missing` and `failed` name (model, seed)
+    or, with folds, (model, seed, fold)."""
     root.mkdir(parents=True, exist_ok=True)
     logger = {"wandb": {"project": "brainseg-test", "entity": None}} if wandb else {}
     task = [f"model={','.join(models)}", f"seed={','.join(map(str, seeds))}"]
+    if folds:
+        task.append(f"data.fold={','.join(map(str, folds))}")
     _yaml(
         root / "multirun.yaml",
         {
@@ -53,31 +58,35 @@ def make_sweep(
             "logger": logger,
         },
     )
-    for num, (model, seed) in enumerate(itertools.product(models, seeds)):
-        if (model, seed) in missing:
+    for num, (model, seed, fold) in enumerate(itertools.product(models, seeds, folds or [None])):
+        key = (model, seed) if fold is None else (model, seed, fold)
+        if key in missing:
             continue
         job = root / str(num)
+        overrides = [f"model={model}", f"seed={seed}"]
+        overrides += [] if fold is None else [f"data.fold={fold}"]
         _yaml(
             job / ".hydra" / "config.yaml",
-            {"seed": seed, "model": {"name": model}, "data": {"fold": None}, "logger": logger},
+            {"seed": seed, "model": {"name": model}, "data": {"fold": fold}, "logger": logger},
         )
-        _yaml(job / ".hydra" / "overrides.yaml", [f"model={model}", f"seed={seed}"])
-        if (model, seed) in failed:
+        _yaml(job / ".hydra" / "overrides.yaml", overrides)
+        if key in failed:
             (job / "error.txt").write_text(
                 "Traceback (most recent call last):\nRuntimeError: boom\n"
             )
             continue
-        per_image = _per_image(model, seed, n_images, n_patients, dice, with_pids)
+        per_image = _per_image(model, seed, n_images, n_patients, dice, with_pids, fold or 0)
         per_image.to_csv(job / "per_image.csv", index=False)
         _history(model, seed, epochs).to_csv(_mkdir(job / "csv") / "metrics.csv", index=False)
-        (job / "metrics.json").write_text(json.dumps(_metrics(model, seed, per_image, epochs)))
+        record = _metrics(model, seed, per_image, epochs) | {"fold": fold}
+        (job / "metrics.json").write_text(json.dumps(record))
     return root
 
 
-def _per_image(model, seed, n_images, n_patients, dice, with_pids) -> pd.DataFrame:
+def _per_image(model, seed, n_images, n_patients, dice, with_pids, fold) -> pd.DataFrame:
     rows = []
-    for i in range(n_images):
-        patient = i % n_patients
+    for i in range(fold * n_images, (fold + 1) * n_images):
+        patient = i % n_patients + fold * n_patients
         d = dice(model, seed, i, patient)
         lesions = 1 + i % 2
         rows.append(

@@ -202,3 +202,20 @@ def test_report_on_a_real_smoke_sweep(tmp_path_factory):
         )
         assert table.loc["dice", f"{model}_mean"] == pytest.approx(np.mean(per_image), abs=1e-4)
     assert "Incomplete" not in (sweep / "report" / "table.md").read_text()
+
+
+def test_cross_validation_folds_are_aggregated_like_seeds(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep", seeds=(0,), folds=(1, 2, 3), n_images=12,
+                       n_patients=4, missing=[("fpn", 0, 3)])  # fmt: skip
+    runs = load_sweep(sweep).runs
+    assert {(r.model, r.seed, r.fold) for r in runs if r.status == "ok"} == {
+        ("unet", 0, 1), ("unet", 0, 2), ("unet", 0, 3), ("fpn", 0, 1), ("fpn", 0, 2)
+    }  # fmt: skip
+    build_report(sweep, wandb=False, qualitative=False, n_resamples=200)
+    table = pd.read_csv(sweep / "report" / "table.csv", index_col="metric")
+    assert table.loc["dice", "unet_n"] == 3 and table.loc["dice", "fpn_n"] == 2
+    assert "MISSING: fpn seed=0 fold=3" in (sweep / "report" / "table.md").read_text()
+    stats = pd.read_csv(sweep / "report" / "stats.csv")
+    overall = stats[(stats["subset"] == "all") & (stats["metric"] == "dice")].iloc[0]
+    # Each fold tests its own slices: the pairs are the union over the folds both models ran.
+    assert overall["n_images"] == 24 and overall["n_clusters"] == 8
