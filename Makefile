@@ -33,7 +33,7 @@ sweep:  ## The study's sweep: both models x 5 seeds, 80 epochs at 256x256 (a GPU
 
 sweep-cpu:  ## The reduced CPU protocol on the real PNG data set (DATA_ROOT), 2 seeds
 	$(PYTHON) -m brainseg.train -m experiment=cpu data=folder data.root=$(DATA_ROOT) \
-		model=unet,fpn model.pretrained=false seed=0,1
+		model=unet,fpn pretrained=false seed=0,1
 
 report:  ## Table, statistics and figures of a sweep: make report SWEEP=multirun/<date>/<time>
 	@test -n "$(SWEEP)" || (echo "usage: make report SWEEP=multirun/<date>/<time>" && exit 2)
