@@ -64,9 +64,10 @@ def download(
             if attempt < retries and not _is_http_error(error):
                 continue
             got = part.stat().st_size if part.exists() else 0
+            again = f"Run the same command again to resume from {part}" if got else "Run again"
             raise RuntimeError(
-                f"download of {url} failed after {got} bytes: {_reason(error)}. Run the same "
-                f"command again to resume from {part}; if this machine is offline, fetch the file "
+                f"download of {url} failed after {got} bytes: {_reason(error)}. {again} once "
+                "the server is reachable; if this machine is offline, fetch the file "
                 f"elsewhere and put it at {dest} (md5 {md5}), or train on a local copy with "
                 "data=folder data.root=<folder with images/ and masks/>"
             ) from error
