@@ -20,14 +20,14 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 def build(config_path: Path, in_channels: int = 3) -> tuple[str, nn.Module]:
     """Instantiate the model of one ``conf/model`` file without downloading weights."""
-    # Stand-in for the train config, so that ${data.in_channels} resolves.
-    root = OmegaConf.create({"data": {"in_channels": in_channels}})
+    # Stand-in for the train config, so that ${data.in_channels} and ${pretrained} resolve.
+    root = OmegaConf.create({"data": {"in_channels": in_channels}, "pretrained": False})
     root.model = OmegaConf.load(config_path)
+    if "pretrained" in root.model:
+        root.model.pretrained = False
+        root.model.weights_path = None
     cfg = OmegaConf.to_container(root.model, resolve=True)
     name = cfg.pop("name", config_path.stem)
-    if "pretrained" in cfg:
-        cfg["pretrained"] = False
-        cfg["weights_path"] = None
     return name, instantiate(cfg)
 
 
