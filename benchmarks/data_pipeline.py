@@ -129,6 +129,15 @@ def main() -> None:
             stats = loader_throughput(dm, args.batches, args.time_cap)
             result["train_loader"]["by_num_workers"][str(workers)] = stats
             print(f"num_workers={workers}: {json.dumps(stats)}")
+            if workers == 0:
+                # Workers run torch on one thread; the same in the main process shows how much
+                # of the num_workers=0 rate is lost to torch threads contending in collation.
+                threads = torch.get_num_threads()
+                torch.set_num_threads(1)
+                stats = loader_throughput(dm, args.batches, args.time_cap)
+                torch.set_num_threads(threads)
+                result["train_loader"]["by_num_workers"]["0_torch_threads_1"] = stats
+                print(f"num_workers=0, torch threads 1: {json.dumps(stats)}")
     result["machine"] = {**machine(), "load_average_1m_at_start": load_at_start}
     result["command"] = "python benchmarks/data_pipeline.py --root " + args.root
     out = Path(args.out)
