@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from datafiles import slice_arrays, write_mat
 
+from brainseg.data.cache import build_cache, load_cache
 from brainseg.data.figshare import FigshareSource, RemoteFile, read_mat
 
 
@@ -99,6 +100,9 @@ def test_full_flow_downloads_extracts_reads_in_numeric_order(server, article, tm
     np.testing.assert_array_equal(samples[9].image, slice_arrays(10)[0])
     assert source.folds() == {str(i): (i - 1) // 2 % 5 + 1 for i in range(1, 12)}
     assert source.verify() == []
+    data = load_cache(build_cache(source, 8, tmp_path / "cache"))
+    assert data.images.shape == (11, 8, 8) and data.images.max() > 240  # int16 scaled to 0..255
+    assert data.folds.tolist() == [(i - 1) // 2 % 5 + 1 for i in range(1, 12)]
     # A second prepare downloads nothing.
     count = len(server.requests)
     source.prepare()
