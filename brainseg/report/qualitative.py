@@ -91,6 +91,8 @@ def _predict_slices(run: Run, ids: list[str]) -> dict[str, dict[str, np.ndarray]
     datamodule.setup("test")
     dataset = datamodule.datasets["test"]
     index = {sample_id: i for i, sample_id in enumerate(dataset.ids)}
+    # The uint8 slice as cached (before normalisation) is what a reader should see.
+    cached = {str(sample_id): i for i, sample_id in enumerate(datamodule.data.ids)}
     dice = run.per_image.set_index("id")["dice"]
     out = {}
     with torch.inference_mode():
@@ -100,7 +102,7 @@ def _predict_slices(run: Run, ids: list[str]) -> dict[str, dict[str, np.ndarray]
             item = dataset[index[sample_id]]
             prob = torch.sigmoid(module(item["image"][None]).float())[0, 0].numpy()
             out[sample_id] = {
-                "image": dataset.images[index[sample_id]],
+                "image": datamodule.data.images[cached[sample_id]],
                 "mask": item["mask"][0].numpy(),
                 "prob": prob,
                 "dice": float(dice.get(sample_id, np.nan)),
