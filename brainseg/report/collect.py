@@ -63,14 +63,15 @@ class Run:
     @cached_property
     def history(self) -> pd.DataFrame | None:
         """Per-epoch log (csv/metrics.csv), one row per epoch: Lightning writes train and
-        validation values of one epoch on separate rows."""
-        path = self.job_dir / "csv" / "metrics.csv" if self.job_dir else None
-        if path is None or not path.is_file():
+        validation values of one epoch on separate rows. A resumed run's earlier log
+        (csv/metrics-<time>.csv) comes first; the latest value of an epoch wins."""
+        paths = sorted((self.job_dir / "csv").glob("metrics*.csv")) if self.job_dir else []
+        if not paths:
             return None
-        frame = pd.read_csv(path)
+        frame = pd.concat([pd.read_csv(path) for path in paths], ignore_index=True)
         if "epoch" not in frame or frame.empty:
             return None
-        return frame.groupby("epoch").mean(numeric_only=True).reset_index()
+        return frame.groupby("epoch").last().reset_index()
 
 
 @dataclass
