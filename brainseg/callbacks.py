@@ -21,7 +21,8 @@ class ReseedEveryEpoch(pl.Callback):
         self.seed = seed
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        epoch_seed = int(np.random.SeedSequence([self.seed, trainer.current_epoch]).generate_state(1)[0])
+        sequence = np.random.SeedSequence([self.seed, trainer.current_epoch])
+        epoch_seed = int(sequence.generate_state(1)[0])
         random.seed(epoch_seed)
         np.random.seed(epoch_seed)
         torch.manual_seed(epoch_seed)

@@ -35,7 +35,9 @@ def time_forward(
         context: factory of the context each call runs in (e.g. the trainer's autocast).
     """
     if warmup < 0 or iters < 1:
-        raise ValueError(f"timing needs warmup >= 0 and iters >= 1, got warmup={warmup}, iters={iters}")
+        raise ValueError(
+            f"timing.warmup={warmup} and timing.iters={iters}: need warmup >= 0 and iters >= 1"
+        )
     with context():
         for _ in range(warmup):
             forward(example)
