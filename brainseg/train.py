@@ -23,8 +23,9 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from pytorch_lightning.loggers import CSVLogger, Logger
+from pytorch_lightning.utilities import rank_zero_only
 
 from brainseg.module import build_module
 
@@ -84,7 +85,7 @@ def wandb_has_credentials() -> bool:
 def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
     """A CSV log in every run (`csv/metrics.csv`), plus the configured loggers."""
     previous = output_dir / "csv" / "metrics.csv"
-    if previous.is_file():
+    if previous.is_file() and rank_zero_only.rank == 0:
         # Lightning's CSV logger deletes an existing log: keep a resumed run's earlier epochs.
         previous.rename(previous.with_name(f"metrics-{time.strftime('%Y%m%d-%H%M%S')}.csv"))
     loggers: list[Logger] = [CSVLogger(save_dir=output_dir, name="", version="csv")]
@@ -123,6 +124,23 @@ def build_trainer(cfg: DictConfig, loggers: list[Logger]) -> pl.Trainer:
     return instantiate(trainer_cfg, logger=loggers or False, callbacks=callbacks)
 
 
+def pin_ddp_workers_to_this_job() -> None:
+    """Makes Lightning's DDP worker processes re-run this multirun job alone, in its directory.
+
+    Lightning starts ranks 1..N-1 by re-running the command line with `hydra.run.dir` set to
+    the parent's `hydra.run.dir`; under `-m` that command is the whole sweep, and the run
+    directory is not the job's. This replaces both with the job's overrides and its directory.
+    """
+    if not HydraConfig.initialized() or "LOCAL_RANK" in os.environ:
+        return
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return
+    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+    with read_write(hydra_cfg), open_dict(hydra_cfg):
+        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Writes JSON atomically: a reader never sees a half-written file."""
     tmp = path.with_name(path.name + ".tmp")
@@ -150,6 +168,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")
 
+    if "ddp" in str(cfg.trainer.get("strategy", "")):
+        pin_ddp_workers_to_this_job()
     datamodule = instantiate(cfg.data)
     module = build_module(cfg)
     trainer = build_trainer(cfg, build_loggers(cfg, output_dir))
@@ -210,6 +230,13 @@ def _finish_wandb() -> None:
         wandb.finish()
 
 
+def _end_distributed() -> None:
+    # The next job of a multirun sweep starts new DDP workers: it needs a new process group, not
+    # this job's, whose other ranks have exited.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
@@ -221,6 +248,7 @@ def main(cfg: DictConfig) -> float | None:
         raise
     finally:
         _finish_wandb()
+        _end_distributed()
     return record["test"].get("dice")
 
 
