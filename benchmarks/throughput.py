@@ -46,7 +46,7 @@ from brainseg.train import build_trainer, resolve_channels_last, resolve_precisi
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
-PRESETS = {"cpu": "cpu", "study": "study"}
+SIZES = {"smoke": 64, "cpu": 128, "study": 256}  # image side of each experiment preset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,6 +58,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="study settings (256², width 64, ResNet-50); default: on with cuda",
+    )
+    p.add_argument(
+        "--preset",
+        choices=tuple(SIZES),
+        default=None,
+        help="experiment preset (overrides --study); smoke: 64², seconds, checks the script",
     )
     p.add_argument(
         "--compile",
@@ -98,6 +104,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.data == "folder" and not args.root:
         p.error("--data folder needs --root, e.g. ../shared/datasets/figshare-brain-tumor-png256")
     args.study = cuda if args.study is None else args.study
+    args.preset = args.preset or ("study" if args.study else "cpu")
+    args.study = args.preset == "study"
     args.compile = cuda if args.compile is None else args.compile
     # Defaults that keep a CPU run of both models within minutes, and a GPU run stable.
     slow = not cuda and args.study
@@ -119,9 +127,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def compose_cfg(args: argparse.Namespace, model: str, output_dir: Path) -> DictConfig:
     """The training config of `python -m brainseg.train experiment=<preset> model=<model> ...`."""
-    size = 256 if args.study else 128
+    size = SIZES[args.preset]
     overrides = [
-        f"experiment={'study' if args.study else 'cpu'}",
+        f"experiment={args.preset}",
         f"model={model}",
         "pretrained=false",  # offline; weights do not change the speed
         "logger=csv",
@@ -429,7 +437,7 @@ def bench_model(args: argparse.Namespace, model: str, device: torch.device) -> d
             "model": model,
             "params": sum(p.numel() for p in module.net.parameters()),
             "settings": {
-                "preset": "study" if args.study else "cpu",
+                "preset": args.preset,
                 "image_size": int(cfg.data.image_size),
                 "in_channels": int(cfg.data.in_channels),
                 "batch_size": int(cfg.data.batch_size),
