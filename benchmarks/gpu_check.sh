@@ -80,10 +80,10 @@ done
 
 # 2. Short real training of both models with the study preset.
 if [ "$DRY" = 1 ]; then
-    TRAIN=(experiment=smoke trainer.max_epochs=1 "trainer.max_time=$TRAIN_TIME")
+    TRAIN=(experiment=smoke trainer.max_epochs=1 "+trainer.max_time=$TRAIN_TIME")
     DATA=()
 else
-    TRAIN=(experiment=study pretrained=false "trainer.max_time=$TRAIN_TIME"
+    TRAIN=(experiment=study pretrained=false "+trainer.max_time=$TRAIN_TIME"
            "data.num_workers=$WORKERS" trainer.enable_progress_bar=false)
     if [ -n "${DATA_ROOT:-}" ] && [ -d "${DATA_ROOT}/images" ]; then
         DATA=(data=folder "data.root=$(cd "$DATA_ROOT" && pwd)")
