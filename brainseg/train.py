@@ -230,15 +230,25 @@ def _finish_wandb() -> None:
         wandb.finish()
 
 
-def _end_distributed() -> None:
-    # The next job of a multirun sweep starts new DDP workers: it needs a new process group, not
-    # this job's, whose other ranks have exited.
+# What Lightning's DDP launcher sets in the launching process's own environment.
+_DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+def _end_distributed(env_before: dict[str, str | None]) -> None:
+    # The next job of a multirun sweep must start its own DDP workers: with this job's process
+    # group, or LOCAL_RANK left in the environment, it would wait for ranks that have exited.
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+    for key, value in env_before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    env_before = {key: os.environ.get(key) for key in _DDP_ENV}
     try:
         record = train(cfg)
     except BaseException:
@@ -248,7 +258,7 @@ def main(cfg: DictConfig) -> float | None:
         raise
     finally:
         _finish_wandb()
-        _end_distributed()
+        _end_distributed(env_before)
     return record["test"].get("dice")
 
 
