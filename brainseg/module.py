@@ -84,10 +84,22 @@ class SegmentationModule(pl.LightningModule):
         loss = self.loss(logits, masks)
         metrics.update(logits.detach(), masks)
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True,
-                 batch_size=images.shape[0], sync_dist=not on_step)
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "test",
-                      batch_size=images.shape[0])
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=images.shape[0],
+            sync_dist=not on_step,
+        )
+        self.log_dict(
+            metrics,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=stage != "test",
+            batch_size=images.shape[0],
+        )
         return loss, logits
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -108,7 +120,7 @@ class SegmentationModule(pl.LightningModule):
         stats = per_image_stats(logits.detach(), batch["mask"], **self.metric_args)
         stats = {key: value.cpu().tolist() for key, value in stats.items()}
         labels = batch["label"].cpu().tolist()
-        for i, (sample_id, pid) in enumerate(zip(batch["id"], batch["pid"])):
+        for i, (sample_id, pid) in enumerate(zip(batch["id"], batch["pid"], strict=True)):
             row = {"id": sample_id, "pid": pid, "label": labels[i]}
             row.update({key: values[i] for key, values in stats.items()})
             self.test_rows.append(row)
@@ -144,7 +156,10 @@ class SegmentationModule(pl.LightningModule):
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }
 
 
 def _gather_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -161,7 +176,9 @@ def _natural_key(sample_id: str) -> tuple:
     return (0, int(sample_id), "") if sample_id.isdigit() else (1, 0, sample_id)
 
 
-def build_network(model_cfg: DictConfig | dict[str, Any], load_pretrained: bool = True) -> nn.Module:
+def build_network(
+    model_cfg: DictConfig | dict[str, Any], load_pretrained: bool = True
+) -> nn.Module:
     """Instantiates the network of a resolved `model` config; `name` is a label, not an argument.
 
     With `load_pretrained=False`, backbone weights are not fetched: the caller loads its own.
@@ -175,7 +192,9 @@ def build_network(model_cfg: DictConfig | dict[str, Any], load_pretrained: bool 
     return instantiate(cfg)
 
 
-def build_module(cfg: DictConfig | dict[str, Any], load_pretrained: bool = True) -> SegmentationModule:
+def build_module(
+    cfg: DictConfig | dict[str, Any], load_pretrained: bool = True
+) -> SegmentationModule:
     """The `SegmentationModule` a run configuration describes (model, loss, optimiser, metrics)."""
     config = OmegaConf.to_container(OmegaConf.create(cfg), resolve=True)
     cfg = OmegaConf.create(config)
@@ -192,7 +211,9 @@ def build_module(cfg: DictConfig | dict[str, Any], load_pretrained: bool = True)
     )
 
 
-def load_module(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> SegmentationModule:
+def load_module(
+    ckpt_path: str | Path, map_location: str | torch.device = "cpu"
+) -> SegmentationModule:
     """Rebuilds a trained `SegmentationModule` from its checkpoint alone, in eval mode."""
     path = Path(ckpt_path)
     if not path.is_file():
@@ -203,7 +224,10 @@ def load_module(ckpt_path: str | Path, map_location: str | torch.device = "cpu")
     checkpoint = torch.load(path, map_location=map_location, weights_only=False)
     config = checkpoint.get("hyper_parameters", {}).get("config")
     if not config:
-        raise ValueError(f"checkpoint {path} holds no brainseg run configuration; was it written by brainseg.train?")
+        raise ValueError(
+            f"checkpoint {path} holds no brainseg run configuration: "
+            "only checkpoints written by brainseg.train can be loaded"
+        )
     config["trainer"]["compile"] = False
     module = build_module(config, load_pretrained=False)
     module.load_state_dict(checkpoint["state_dict"])

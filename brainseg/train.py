@@ -1,7 +1,7 @@
 """Train, test and record one run: `python -m brainseg.train [overrides]`.
 
-    python -m brainseg.train -m model=unet,fpn seed=range(5)    # the study's sweep
-    python -m brainseg.train experiment=smoke                   # seconds, synthetic data
+python -m brainseg.train -m model=unet,fpn seed=range(5)    # the study's sweep
+python -m brainseg.train experiment=smoke                   # seconds, synthetic data
 """
 
 from __future__ import annotations
@@ -56,10 +56,16 @@ def git_commit() -> str | None:
     """The commit of the code that ran, with `-dirty` when it had uncommitted changes."""
     root = Path(__file__).resolve().parents[1]
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
     return f"{commit}-dirty" if dirty else commit
@@ -101,13 +107,17 @@ def _wandb_logger(cfg: DictConfig, logger_cfg: DictConfig) -> Logger:
     logger_cfg = logger_cfg.copy()
     if logger_cfg.get("group") is None:
         logger_cfg.group = sweep_group()
-    if not logger_cfg.get("offline") and os.environ.get("WANDB_MODE") != "offline" \
-            and not wandb_has_credentials():
+    if (
+        not logger_cfg.get("offline")
+        and os.environ.get("WANDB_MODE") != "offline"
+        and not wandb_has_credentials()
+    ):
         logger_cfg.offline = True
         log.warning(
             "W&B: no credentials (WANDB_API_KEY or `wandb login`) found, logging offline under "
             "%s/wandb; upload later with `wandb sync %s/wandb/offline-run-*`, or use logger=csv.",
-            cfg.paths.output_dir, cfg.paths.output_dir,
+            cfg.paths.output_dir,
+            cfg.paths.output_dir,
         )
     logger = instantiate(logger_cfg)
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -118,8 +128,9 @@ def build_trainer(cfg: DictConfig, loggers: list[Logger]) -> pl.Trainer:
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     for key in _OWN_TRAINER_KEYS:
         trainer_cfg.pop(key, None)
-    trainer_cfg["precision"] = resolve_precision(trainer_cfg.get("precision"),
-                                                 str(trainer_cfg.get("accelerator", "auto")))
+    trainer_cfg["precision"] = resolve_precision(
+        trainer_cfg.get("precision"), str(trainer_cfg.get("accelerator", "auto"))
+    )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     return instantiate(trainer_cfg, logger=loggers or False, callbacks=callbacks)
 
@@ -174,17 +185,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = build_module(cfg)
     trainer = build_trainer(cfg, build_loggers(cfg, output_dir))
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if cfg.get("fit", True):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    elif cfg.get("ckpt_path"):
+        best = str(cfg.ckpt_path)
+    else:
+        raise ValueError(
+            "fit=false tests a trained network: give ckpt_path=<run_dir>/checkpoints/best.ckpt"
+        )
     if trainer.is_global_zero:
         datamodule.write_split(output_dir / "split.csv")
 
     results: dict[str, Any] = {}
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.get("test", True):
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
         results = {
             key.removeprefix("test/"): float(value)
-            for key, value in trainer.callback_metrics.items() if key.startswith("test/")
+            for key, value in trainer.callback_metrics.items()
+            if key.startswith("test/")
         }
     record = {
         "status": "ok",
@@ -194,13 +213,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "split": cfg.data.get("split"),
         "image_size": cfg.data.get("image_size"),
         "params": sum(p.numel() for p in module.net.parameters()),
-        "epochs": trainer.current_epoch,
+        "epochs": trainer.current_epoch if cfg.get("fit", True) else None,
         "trainer_precision": str(trainer.precision),
         "device": torch.cuda.get_device_name() if module.device.type == "cuda" else "cpu",
         "wall_time_s": time.time() - started,
         "git_commit": git_commit(),
         "best_checkpoint": best or None,
-        "best_val_dice": _float_or_none(getattr(trainer.checkpoint_callback, "best_model_score", None)),
+        "best_val_dice": _float_or_none(
+            getattr(trainer.checkpoint_callback, "best_model_score", None)
+        ),
         "test": results,
     }
     if trainer.is_global_zero:

@@ -154,6 +154,16 @@ def test_checkpoint_alone_rebuilds_the_trained_network(smoke_cfg):
         assert torch.equal(tensor, state["state_dict"][name]), name
     assert not module.training
 
+    evaluated = train(smoke_cfg("fit=false", f"ckpt_path={record['best_checkpoint']}", run="eval"))
+    assert evaluated["test"]["dice"] == record["test"]["dice"]
+    assert evaluated["test"]["loss"] == record["test"]["loss"]
+    assert evaluated["epochs"] is None
+
+
+def test_testing_without_fitting_needs_a_checkpoint(smoke_cfg):
+    with pytest.raises(ValueError, match="ckpt_path"):
+        train(smoke_cfg("fit=false"))
+
 
 def test_load_module_names_a_missing_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.ckpt"):
