@@ -31,6 +31,8 @@ from brainseg.module import build_module
 
 log = logging.getLogger(__name__)
 
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
 # Keys of `trainer` that configure brainseg, not the Lightning Trainer.
 _OWN_TRAINER_KEYS = ("compile", "channels_last")
 
@@ -267,7 +269,7 @@ def _end_distributed(env_before: dict[str, str | None]) -> None:
             os.environ[key] = value
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     env_before = {key: os.environ.get(key) for key in _DDP_ENV}
     try:
@@ -284,4 +286,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    # Call the importable copy of `main`: launchers that pickle the task function (submitit)
+    # then pickle a reference to brainseg.train.main instead of this __main__ module's globals.
+    from brainseg.train import main as importable_main
+
+    importable_main()
