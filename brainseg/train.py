@@ -37,6 +37,19 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 _OWN_TRAINER_KEYS = ("compile", "channels_last")
 
 
+def gpu_of_job(job_num: int) -> list[int]:
+    """The GPU of the sweep's job `job_num` when jobs run side by side (trainer=gpu_per_job)."""
+    count = torch.cuda.device_count()
+    if count == 0:
+        raise RuntimeError(
+            "trainer=gpu_per_job needs CUDA GPUs and none is visible; use trainer=cpu"
+        )
+    return [int(job_num) % count]
+
+
+OmegaConf.register_new_resolver("gpu_of_job", gpu_of_job, replace=True)
+
+
 def resolve_precision(requested: str | int | None, accelerator: str) -> str:
     """`auto` becomes bf16-mixed on CUDA GPUs that support it, 16-mixed on older ones, else 32."""
     if requested not in (None, "auto"):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from brainseg.module import build_module, load_module
-from brainseg.train import resolve_precision, train
+from brainseg.train import gpu_of_job, resolve_precision, train
 
 from .conftest import REPO_ROOT, compose_config
 
@@ -214,3 +214,11 @@ def test_multirun_sweep_writes_one_record_per_job(tmp_path):
     }
     splits = [(p.parent / "split.csv").read_text() for p in sorted(sweep.glob("*/metrics.json"))]
     assert all(split == splits[0] for split in splits), "every job must see the same split"
+
+
+def test_jobs_side_by_side_take_the_gpus_in_turn(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert [gpu_of_job(k) for k in range(6)] == [[0], [1], [2], [3], [0], [1]]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(RuntimeError, match="trainer=cpu"):
+        gpu_of_job(0)
