@@ -58,8 +58,9 @@ class SegmentationModule(pl.LightningModule):
         self.metric_args = dict(metrics or {})
         self.timing = {"warmup": 10, "iters": 50, **(timing or {})}
         self.channels_last = channels_last
-        # The compiled wrapper shares parameters with `net`, so checkpoints keep plain keys.
-        self._forward = torch.compile(net) if compile else net
+        # The compiled wrapper shares `net`'s parameters. It is kept out of the registered
+        # submodules, so checkpoints hold `net.*` keys only, compiled or not.
+        object.__setattr__(self, "_forward", torch.compile(net) if compile else net)
 
         threshold = self.metric_args.get("threshold", 0.5)
         self.train_metrics = MetricCollection({"dice": PerImageDice(threshold)}, prefix="train/")
@@ -230,5 +231,7 @@ def load_module(
         )
     config["trainer"]["compile"] = False
     module = build_module(config, load_pretrained=False)
-    module.load_state_dict(checkpoint["state_dict"])
+    # Checkpoints of earlier versions also held the forward wrapper's copy of the weights.
+    state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("_forward.")}
+    module.load_state_dict(state)
     return module.eval()

@@ -230,7 +230,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "params": sum(p.numel() for p in module.net.parameters()),
         "epochs": trainer.current_epoch if cfg.get("fit", True) else None,
         "trainer_precision": str(trainer.precision),
-        "device": torch.cuda.get_device_name() if module.device.type == "cuda" else "cpu",
+        "device": _device_name(trainer.strategy.root_device),
         "wall_time_s": time.time() - started,
         "git_commit": git_commit(),
         "best_checkpoint": best or None,
@@ -244,6 +244,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             _write_per_image(output_dir / "per_image.csv", module.test_rows)
         write_json(output_dir / "metrics.json", record)
     return record
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
 def _float_or_none(value: Any) -> float | None:

@@ -222,3 +222,13 @@ def test_jobs_side_by_side_take_the_gpus_in_turn(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     with pytest.raises(RuntimeError, match="trainer=cpu"):
         gpu_of_job(0)
+
+
+def test_compiled_and_plain_modules_save_the_same_keys():
+    cfg = compose_config(["experiment=smoke", "paths.output_dir=unused"])
+    plain = build_module(cfg).state_dict()
+    compiled = build_module(
+        compose_config(["experiment=smoke", "paths.output_dir=unused", "trainer.compile=true"])
+    ).state_dict()
+    assert set(plain) == set(compiled)
+    assert all(key.startswith(("net.", "loss.")) for key in plain), sorted(plain)[:5]
