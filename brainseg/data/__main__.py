@@ -66,7 +66,8 @@ def info(cfg: DictConfig) -> int:
         )
     )
     area = data.masks.reshape(len(data), -1).mean(axis=1) * 100
-    lesions = np.array([ndimage.label(m)[1] for m in data.masks])
+    eight_connected = np.ones((3, 3), dtype=bool)  # as the lesion metrics count them
+    lesions = np.array([ndimage.label(m, structure=eight_connected)[1] for m in data.masks])
     print(
         f"mask area (% of slice): min {area.min():.2f}, median {np.median(area):.2f}, "
         f"mean {area.mean():.2f}, max {area.max():.2f}; empty masks {int((area == 0).sum())}"

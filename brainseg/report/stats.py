@@ -209,7 +209,7 @@ def stats_markdown(
                 f"| {row.subset} | {METRIC_LABELS.get(row.metric, row.metric)} | "
                 f"{row.n_images} ({row.n_clusters} {row.unit}s) | {row.mean_a:.4f} | "
                 f"{row.mean_b:.4f} | {row.diff:+.4f} [{row.ci_low:+.4f}, {row.ci_high:+.4f}]"
-                f"{_marker(row.ci_low, row.ci_high)} | {p} |"
+                f"{_marker(row.ci_low, row.ci_high, row.n_clusters)} | {p} |"
             )
         lines.append("")
     lines += [
@@ -219,5 +219,6 @@ def stats_markdown(
     return "\n".join(lines)
 
 
-def _marker(low: float, high: float) -> str:
-    return " \\*" if (low > 0 or high < 0) else ""
+def _marker(low: float, high: float, units: int) -> str:
+    excludes_zero = " \\*" if (low > 0 or high < 0) else ""
+    return excludes_zero + (" †" if units < FEW else "")
