@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from brainseg.atomic import atomic_path
 from brainseg.module import load_module
 
 log = logging.getLogger(__name__)
@@ -92,9 +93,8 @@ def _to_onnx(net: nn.Module, example: torch.Tensor, path: Path, opset: int) -> N
             opset_version=opset,
             verbose=False,
         )
-    tmp = path.with_name(path.name + ".tmp")
-    program.save(str(tmp), external_data=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        program.save(str(tmp), external_data=False)
 
 
 def _onnx_runner(path: Path):
@@ -109,9 +109,8 @@ def _to_torchscript(net: nn.Module, example: torch.Tensor, path: Path) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # torch.jit is deprecated upstream; it still runs anywhere
         traced = torch.jit.trace(net, example, check_trace=False)  # checked below, once
-    tmp = path.with_name(path.name + ".tmp")
-    traced.save(str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        traced.save(str(tmp))
 
 
 @torch.no_grad()

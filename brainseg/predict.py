@@ -9,7 +9,6 @@ the input's own size) and `<stem>_overlay.png`, plus one `predictions.csv` for t
 
 from __future__ import annotations
 
-import csv
 import glob
 import logging
 import os
@@ -26,6 +25,7 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
+from brainseg.atomic import atomic_path, write_csv
 from brainseg.data.cache import resize_image, to_uint8
 from brainseg.data.figshare import read_mat
 from brainseg.data.folder import read_image
@@ -165,7 +165,7 @@ def predict(
                     )
             bar.update(len(batch))
     if result.rows:
-        _write_csv(out_dir / "predictions.csv", result.rows)
+        write_csv(out_dir / "predictions.csv", result.rows)
     return result
 
 
@@ -213,18 +213,8 @@ def _write(
 
 
 def _save_png(image: Image.Image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
 
 
 # Absolute, so that `main` also finds conf/ when called in-process (tests), not only via -m.

@@ -6,8 +6,6 @@ python -m brainseg.train experiment=smoke                   # seconds, synthetic
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import os
 import subprocess
@@ -27,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from pytorch_lightning.loggers import CSVLogger, Logger
 from pytorch_lightning.utilities import rank_zero_only
 
+from brainseg.atomic import write_csv, write_json
 from brainseg.module import build_module
 
 log = logging.getLogger(__name__)
@@ -167,13 +166,6 @@ def pin_ddp_workers_to_this_job() -> None:
         hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Writes JSON atomically: a reader never sees a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fits the configured network, tests its best checkpoint and writes the run's records.
 
@@ -241,7 +233,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         if module.test_rows:
-            _write_per_image(output_dir / "per_image.csv", module.test_rows)
+            write_csv(output_dir / "per_image.csv", module.test_rows)
         write_json(output_dir / "metrics.json", record)
     return record
 
@@ -252,15 +244,6 @@ def _device_name(device: torch.device) -> str:
 
 def _float_or_none(value: Any) -> float | None:
     return None if value is None else float(value)
-
-
-def _write_per_image(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _finish_wandb() -> None:

@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from brainseg.atomic import atomic_path
 from brainseg.data.download import download
 from brainseg.data.sources import Sample, Source, check_pair, natural_key
 
@@ -143,17 +144,21 @@ class FigshareSource(Source):
 def extract_mats(zip_path: Path, out_dir: Path) -> list[Path]:
     """Extract every .mat member of `zip_path` flat into `out_dir`, each file atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in out_dir.glob(".*.mat.*.tmp"):  # files of an extraction cut off halfway
+        leftover.unlink(missing_ok=True)
     written = []
     try:
         with zipfile.ZipFile(zip_path) as archive:
             members = [m for m in archive.infolist() if m.filename.endswith(".mat")]
             for member in tqdm(members, desc=f"unzip {zip_path.name}", unit="file"):
                 target = out_dir / Path(member.filename).name
-                tmp = target.with_name(target.name + ".part")
-                with archive.open(member) as src, open(tmp, "wb") as dst:
+                with (
+                    atomic_path(target) as tmp,
+                    archive.open(member) as src,
+                    open(tmp, "wb") as dst,
+                ):
                     while block := src.read(1 << 20):
                         dst.write(block)
-                os.replace(tmp, target)
                 written.append(target)
     except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as error:
         raise ValueError(

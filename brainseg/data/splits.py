@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from brainseg.atomic import write_csv
 
 SUBSETS = ("train", "val", "test")
 MODES = ("auto", "patient", "image")
@@ -125,12 +126,5 @@ def write_split_csv(
     path: str | os.PathLike, ids: Sequence[str], pids: Sequence[str], subsets: Sequence[str]
 ) -> Path:
     """Write `id,pid,subset` rows to `path` (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["id", "pid", "subset"])
-        writer.writerows(zip(ids, pids, subsets, strict=True))
-    os.replace(tmp, path)
-    return path
+    rows = [{"id": i, "pid": p, "subset": s} for i, p, s in zip(ids, pids, subsets, strict=True)]
+    return write_csv(path, rows)

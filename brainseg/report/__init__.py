@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from brainseg.atomic import write_text
 from brainseg.report import figures
 from brainseg.report.collect import Run, Sweep, load_sweep
 from brainseg.report.qualitative import qualitative_grids
@@ -93,8 +94,5 @@ def per_image_means(sweep: Sweep) -> dict[str, pd.DataFrame]:
 
 
 def _write(path: Path, text: str) -> Path:
-    """Atomic: a reader (the notebook, W&B) never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    # Atomic: a reader (the notebook, W&B) never sees half a file.
+    return write_text(path, text)
