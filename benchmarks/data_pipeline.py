@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from brainseg.atomic import write_json
 from brainseg.data import BrainTumorDataModule
 from brainseg.data.cache import build_cache, load_cache
 from brainseg.data.folder import FolderSource
@@ -140,11 +141,7 @@ def main() -> None:
                 print(f"num_workers=0, torch threads 1: {json.dumps(stats)}")
     result["machine"] = {**machine(), "load_average_1m_at_start": load_at_start}
     result["command"] = "python benchmarks/data_pipeline.py --root " + args.root
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out)
+    out = write_json(args.out, result)
     print(f"wrote {out}")
 
 

@@ -10,7 +10,6 @@ ResNet; smp has no plain U-Net (its Unet uses a ResNet encoder), so UNet rows ha
 """
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -24,6 +23,7 @@ import torchvision
 from torch import nn
 from tqdm import tqdm
 
+from brainseg.atomic import write_json
 from brainseg.models import SemanticFPN, UNet
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -230,11 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "results": rows,
     }
-    out = args.out or RESULTS / f"models_{args.device}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out)
+    out = write_json(args.out or RESULTS / f"models_{args.device}.json", result)
     print(markdown(rows))
     print(f"wrote {out}")
     return result

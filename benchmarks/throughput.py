@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import sys
@@ -40,6 +39,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from brainseg.atomic import write_json
 from brainseg.module import SegmentationModule, build_module, build_network
 from brainseg.timing import summarize, time_forward
 from brainseg.train import build_trainer, resolve_channels_last, resolve_precision
@@ -453,13 +453,6 @@ def bench_model(args: argparse.Namespace, model: str, device: torch.device) -> d
             "loader": loaders,
             "inference": infer,
         }
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def markdown(results: dict[str, Any]) -> str:
