@@ -20,12 +20,12 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from brainseg import CONF_DIR
 from brainseg.atomic import atomic_path
 from brainseg.module import load_module
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 # Batch sizes of the check; neither is the traced one, so a fixed batch would be caught.

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MetricCollection
 
+from brainseg.data.sources import natural_key
 from brainseg.metrics import PerImageDice, build_metrics, per_image_stats
 from brainseg.timing import summarize, time_forward
 
@@ -170,11 +171,7 @@ def _gather_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     gathered: list[list[dict[str, Any]]] = [[] for _ in range(dist.get_world_size())]
     dist.all_gather_object(gathered, rows)
     unique = {row["id"]: row for part in gathered for row in part}
-    return sorted(unique.values(), key=lambda row: _natural_key(row["id"]))
-
-
-def _natural_key(sample_id: str) -> tuple:
-    return (0, int(sample_id), "") if sample_id.isdigit() else (1, 0, sample_id)
+    return sorted(unique.values(), key=lambda row: natural_key(row["id"]))
 
 
 def build_network(

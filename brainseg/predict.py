@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
+from brainseg import CONF_DIR
 from brainseg.atomic import atomic_path, write_csv
 from brainseg.data.cache import resize_image, to_uint8
 from brainseg.data.figshare import read_mat
@@ -34,7 +35,6 @@ from brainseg.module import SegmentationModule, load_module
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".mat")
 OVERLAY_COLOR = np.array([255, 40, 40], dtype=np.float32)

@@ -25,12 +25,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from pytorch_lightning.loggers import CSVLogger, Logger
 from pytorch_lightning.utilities import rank_zero_only
 
+from brainseg import CONF_DIR
 from brainseg.atomic import write_csv, write_json
 from brainseg.module import build_module
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 # Keys of `trainer` that configure brainseg, not the Lightning Trainer.
 _OWN_TRAINER_KEYS = ("compile", "channels_last")

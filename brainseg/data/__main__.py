@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from brainseg import CONF_DIR
 from brainseg.data.sources import LABEL_NAMES
 from brainseg.data.splits import SUBSETS, resolve_mode
-
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def load_config(overrides: list[str]) -> DictConfig:

@@ -10,12 +10,12 @@ import argparse
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+from brainseg import CONF_DIR
+from brainseg.module import build_network
 
 
 def build(config_path: Path, in_channels: int = 3) -> tuple[str, nn.Module]:
@@ -23,12 +23,8 @@ def build(config_path: Path, in_channels: int = 3) -> tuple[str, nn.Module]:
     # Stand-in for the train config, so that ${data.in_channels} and ${pretrained} resolve.
     root = OmegaConf.create({"data": {"in_channels": in_channels}, "pretrained": False})
     root.model = OmegaConf.load(config_path)
-    if "pretrained" in root.model:
-        root.model.pretrained = False
-        root.model.weights_path = None
     cfg = OmegaConf.to_container(root.model, resolve=True)
-    name = cfg.pop("name", config_path.stem)
-    return name, instantiate(cfg)
+    return cfg.get("name", config_path.stem), build_network(cfg, load_pretrained=False)
 
 
 def count_flops(model: nn.Module, in_channels: int = 3, size: int = 256) -> int:

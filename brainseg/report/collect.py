@@ -14,6 +14,8 @@ import pandas as pd
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from brainseg.data.sources import natural_key
+
 # Sweep keys that repeat a comparison rather than define what is compared.
 REPEAT_KEYS = ("seed", "data.fold")
 MODEL_KEY = "model"
@@ -174,7 +176,7 @@ def _job_dirs(root: Path) -> list[Path]:
         return [root]  # a single run directory
     markers = (".hydra", "metrics.json", "error.txt")
     dirs = [d for d in root.iterdir() if d.is_dir() and any((d / m).exists() for m in markers)]
-    return sorted(dirs, key=lambda d: (0, int(d.name), "") if d.name.isdigit() else (1, 0, d.name))
+    return sorted(dirs, key=lambda d: natural_key(d.name))
 
 
 def _read_job(job_dir: Path, sweep_keys: list[str]) -> Run:
