@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 # Keys of `trainer` that configure brainseg, not the Lightning Trainer.
-_OWN_TRAINER_KEYS = ("compile", "channels_last")
+_OWN_TRAINER_KEYS = ("compile", "channels_last", "matmul_precision")
 
 
 def gpu_of_job(job_num: int) -> list[int]:
@@ -182,9 +182,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     cfg = cfg.copy()
     cfg.trainer.channels_last = resolve_channels_last(cfg.trainer.get("channels_last"), accelerator)
     pl.seed_everything(cfg.seed, workers=True)
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True
-        torch.set_float32_matmul_precision("high")
+    torch.set_float32_matmul_precision(cfg.trainer.get("matmul_precision", "highest"))
 
     if "ddp" in str(cfg.trainer.get("strategy", "")):
         pin_ddp_workers_to_this_job()
