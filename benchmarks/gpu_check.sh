@@ -5,7 +5,7 @@
 #
 #   bash benchmarks/gpu_check.sh [RESULTS_DIR]
 #
-# RESULTS_DIR: the argument, else $OUT, else benchmarks/results/gpu_<card-name>/.
+# RESULTS_DIR: the argument, else benchmarks/results/gpu_<card-name>/.
 # Environment:
 #   DATA_ROOT      folder data set (images/, masks/), e.g. ../shared/datasets/figshare-brain-tumor-png256;
 #                  synthetic 256x256 slices when unset or absent
@@ -13,8 +13,9 @@
 #   BENCH_TIMEOUT  seconds per model for the throughput benchmark (default 120)
 #   WORKERS        data-loader workers (default 6)
 #   GPU_CHECK_DRY  1: on the CPU with the smoke preset and a few steps (checks this script)
-# Packages missing on the machine (hydra-core, omegaconf, albumentations, ...) are installed from
-# the wheels in .whl/ at the repository root into /tmp/site when their import fails.
+# On a machine without internet, packages it lacks (hydra-core, omegaconf, albumentations, ...)
+# can come as wheels in .whl/ at the repository root: they are installed into /tmp/site when an
+# import fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,7 +48,7 @@ else
     [ -n "$CARD" ] || { echo "no GPU: nvidia-smi lists none (GPU_CHECK_DRY=1 for a CPU check)" >&2; exit 1; }
 fi
 SLUG="$(echo "$CARD" | tr '[:upper:]' '[:lower:]' | sed -E 's/[^a-z0-9]+/-/g; s/^-+|-+$//g')"
-RESULTS="${1:-${OUT:-benchmarks/results/gpu_$SLUG}}"
+RESULTS="${1:-benchmarks/results/gpu_$SLUG}"
 mkdir -p "$RESULTS"
 RESULTS="$(cd "$RESULTS" && pwd)"
 WORK="$(mktemp -d /tmp/gpu_check.XXXXXX)"
