@@ -39,16 +39,6 @@ def smoke_sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return sweep
 
 
-def first_checkpoint(sweep: Path, model: str = "unet") -> Path:
-    """best.ckpt of the sweep's first job of `model`."""
-    for job in sorted(sweep.iterdir()):
-        if (job / ".hydra" / "overrides.yaml").is_file() and f"model={model}" in (
-            job / ".hydra" / "overrides.yaml"
-        ).read_text():
-            return job / "checkpoints" / "best.ckpt"
-    raise FileNotFoundError(f"no {model} job in {sweep}")
-
-
 def untrained_checkpoint(path: Path, model: str = "unet", *overrides: str) -> Path:
     """A checkpoint as brainseg.train writes it (weights + run config), of a smoke-preset network
     that was never trained: enough for predict and export, in a fraction of a second."""

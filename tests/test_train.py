@@ -1,9 +1,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +10,8 @@ import torch
 from brainseg.module import build_module, load_module
 from brainseg.train import gpu_of_job, resolve_precision, train
 
-from .conftest import REPO_ROOT, compose_config
+from .conftest import compose_config
+from .smoke_sweep import smoke_sweep_dir
 
 METRICS_KEYS = {
     "status",
@@ -182,28 +180,8 @@ def test_wandb_offline_run_writes_its_files_under_the_run_dir(smoke_cfg, monkeyp
     assert any(runs[0].glob("*.wandb"))
 
 
-def test_multirun_sweep_writes_one_record_per_job(tmp_path):
-    sweep = tmp_path / "sweep"
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "brainseg.train",
-            "-m",
-            "experiment=smoke",
-            "model=unet,fpn",
-            "seed=0,1",
-            f"hydra.sweep.dir={sweep}",
-            f"paths.data_dir={tmp_path / 'data'}",
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_multirun_sweep_writes_one_record_per_job(tmp_path_factory):
+    sweep = smoke_sweep_dir(tmp_path_factory)
     records = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
     assert len(records) == 4
     assert {(r["model"], r["seed"]) for r in records} == {
