@@ -13,6 +13,7 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -216,6 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [row for group in tqdm(plan(args), desc="benchmark") for row in measure(group, args)]
     add_ratios(rows)
     result = {
+        "command": " ".join(["python benchmarks/models.py", *sys.argv[1:]]),
         "machine": machine(args),
         "settings": {
             "bf16": args.bf16,
