@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -127,7 +128,9 @@ def test_overfitting_one_batch_drives_the_loss_down():
     assert losses[-1] < 0.5 * losses[0]
 
 
-def test_same_seed_same_metrics_and_resume_continues_exactly(smoke_cfg):
+@pytest.mark.parametrize("augment_on", ["loader", "device"])
+def test_same_seed_same_metrics_and_resume_continues_exactly(smoke_cfg, augment_on):
+    smoke_cfg = functools.partial(smoke_cfg, f"data.augment_on={augment_on}")
     straight = train(smoke_cfg("trainer.max_epochs=2", run="straight"))
     again = train(smoke_cfg("trainer.max_epochs=2", run="again"))
     assert again["test"]["dice"] == straight["test"]["dice"]

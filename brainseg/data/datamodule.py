@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,19 +13,26 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
+from brainseg.data.batch_augment import BatchAugment
 from brainseg.data.cache import CachedData, build_cache, load_cache
 from brainseg.data.sources import Source
 from brainseg.data.splits import SUBSETS, make_split, write_split_csv
-from brainseg.data.transforms import SegmentationTransform, build_transforms
+from brainseg.data.transforms import SegmentationTransform, build_transforms, uint8_tensors
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+AUGMENT_ON = ("auto", "loader", "device")
 
 
 class SliceDataset(Dataset):
     """Slices held in memory as uint8 arrays; items are dicts of tensors and metadata."""
 
-    def __init__(self, data: CachedData, index: np.ndarray, transform: SegmentationTransform):
+    def __init__(
+        self,
+        data: CachedData,
+        index: np.ndarray,
+        transform: SegmentationTransform | Callable[[np.ndarray, np.ndarray], tuple],
+    ):
         # Views into the shared arrays plus an index: no copy, and forked workers share them.
         self.images, self.masks, self.index = data.images, data.masks, index
         self.ids = data.ids[index].tolist()
@@ -52,7 +59,9 @@ class BrainTumorDataModule(pl.LightningDataModule):
     """Serves a source's slices at `image_size`, split into train/val/test.
 
     Batches are dicts: image (B, C, H, W) float32, mask (B, 1, H, W) float32 in {0, 1},
-    id and pid (lists of str), label (B,) int64 (0 when unknown).
+    id and pid (lists of str), label (B,) int64 (0 when unknown). With the augmentation on the
+    device, the training loader yields uint8 image and mask (B, 1, H, W), which
+    `on_after_batch_transfer` augments and normalises once they are on the model's device.
 
     Args:
         source: where the slices come from (figshare, folder, synthetic).
@@ -65,6 +74,9 @@ class BrainTumorDataModule(pl.LightningDataModule):
         fold: 1..5 to test on one cross-validation fold, None for the fractions split.
         batch_size: training batch size; eval_batch_size defaults to it.
         augment: augmentation settings (see `build_transforms`).
+        augment_on: where training batches are augmented and normalised: "loader"
+            (albumentations, per sample, in the loader's workers), "device" (`BatchAugment`,
+            per batch, on the model's device) or "auto" (device with a CUDA trainer, else loader).
         mean, std: normalisation of the [0, 1] image per channel.
         root: the source's folder, kept for the config (data.root); unused here.
     """
@@ -85,6 +97,7 @@ class BrainTumorDataModule(pl.LightningDataModule):
         pin_memory: bool = True,
         persistent_workers: bool = True,
         augment: Mapping | None = None,
+        augment_on: str = "auto",
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         root: str | os.PathLike | None = None,
@@ -106,8 +119,12 @@ class BrainTumorDataModule(pl.LightningDataModule):
         self.augment = _plain(augment) or {}
         self.mean, self.std = list(_plain(mean)), list(_plain(std))
         self.root = root
+        if augment_on not in AUGMENT_ON:
+            raise ValueError(f"data.augment_on={augment_on!r} is not one of {', '.join(AUGMENT_ON)}")
+        self.augment_on = augment_on
         # Fail at construction, not in a worker, on bad settings.
         build_transforms("train", self.augment, self.in_channels, self.mean, self.std)
+        self.batch_augment = BatchAugment(self.augment, self.in_channels, self.mean, self.std)
         self.data: CachedData | None = None
         self.subsets: np.ndarray | None = None
         self.datasets: dict[str, SliceDataset] = {}
@@ -131,10 +148,30 @@ class BrainTumorDataModule(pl.LightningDataModule):
             fold=self.fold,
             folds=self.data.folds if self.fold is not None else None,
         )
+        on_device = self.augments_on_device()
         for name in SUBSETS:
-            transform = build_transforms(name, self.augment, self.in_channels, self.mean, self.std)
+            if name == "train" and on_device:
+                transform = uint8_tensors
+            else:
+                transform = build_transforms(
+                    name, self.augment, self.in_channels, self.mean, self.std
+                )
             index = np.flatnonzero(self.subsets == name)
             self.datasets[name] = SliceDataset(self.data, index, transform)
+
+    def augments_on_device(self) -> bool:
+        """Whether training batches are augmented on the model's device (see `augment_on`)."""
+        if self.augment_on != "auto":
+            return self.augment_on == "device"
+        if self.trainer is not None:
+            return self.trainer.strategy.root_device.type == "cuda"
+        return torch.cuda.is_available()
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Augment and normalise the uint8 training batches of `augment_on=device`."""
+        if batch["image"].dtype == torch.uint8:
+            batch["image"], batch["mask"] = self.batch_augment(batch["image"], batch["mask"])
+        return batch
 
     def _loader(self, subset: str, batch_size: int, shuffle: bool) -> DataLoader:
         if not self.datasets:

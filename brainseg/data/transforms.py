@@ -33,8 +33,8 @@ class SegmentationTransform:
             )
         self.augment = augment
         self.in_channels = in_channels
-        self.mean = _per_channel(mean, in_channels, "mean")
-        self.std = _per_channel(std, in_channels, "std")
+        self.mean = per_channel(mean, in_channels, "mean")
+        self.std = per_channel(std, in_channels, "std")
         if (self.std <= 0).any():
             raise ValueError(f"data.std={list(std)} must be positive")
         self._seeded_with: int | None = None
@@ -56,6 +56,11 @@ class SegmentationTransform:
         if seed != self._seeded_with:
             self.augment.set_random_seed(seed)
             self._seeded_with = seed
+
+
+def uint8_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (H, W) image and {0, 1} mask -> uint8 tensors (1, H, W), for `BatchAugment`."""
+    return torch.from_numpy(image)[None], torch.from_numpy(mask)[None]
 
 
 def build_transforms(
@@ -82,12 +87,18 @@ def build_transforms(
     return SegmentationTransform(augment, in_channels, mean, std)
 
 
-def _augmentations(cfg: Mapping) -> A.Compose | None:
+def check_augment(cfg: Mapping) -> Mapping:
+    """`cfg` itself, after checking that every key names a known augmentation."""
     unknown = set(cfg) - set(AUGMENTATIONS)
     if unknown:
         raise ValueError(
             f"unknown data.augment keys {sorted(unknown)}: use {', '.join(AUGMENTATIONS)}"
         )
+    return cfg
+
+
+def _augmentations(cfg: Mapping) -> A.Compose | None:
+    check_augment(cfg)
     steps: list = []
     if cfg.get("hflip", 0):
         steps.append(A.HorizontalFlip(p=float(cfg["hflip"])))
@@ -121,7 +132,8 @@ def _augmentations(cfg: Mapping) -> A.Compose | None:
     return A.Compose(steps) if steps else None
 
 
-def _per_channel(values: Sequence[float], channels: int, name: str) -> np.ndarray:
+def per_channel(values: Sequence[float], channels: int, name: str) -> np.ndarray:
+    """`values` (data.mean or data.std) as a float32 (channels, 1, 1) array."""
     array = np.asarray(list(values) if not np.isscalar(values) else [values], dtype=np.float32)
     if len(array) == 3 and channels == 1:
         array = array.mean(keepdims=True)
