@@ -12,10 +12,16 @@ For each model it measures, in one process:
   (same network weights, loss, optimiser, batch, precision, memory layout) over the same
   batches held in memory, interleaved (bare, brainseg, bare, brainseg, ...), a fixed number of
   steps after warm-up; the ratio brainseg / bare is the framework's cost;
-- train-loader samples/s (the data module's loader, augmentation included) for each worker
-  count, against what the bare loop consumes;
+- train-loader samples/s (the data module's loader plus the copy to the device, augmentation
+  included: albumentations in the workers with `data.augment_on=loader`, whole batches on the
+  device with `device`) for each worker count, against what the bare loop consumes;
 - inference: batch-1 latency (median and p90 ms) and batch-N images/s, fp32 and bf16 autocast,
   eager and (with --compile, the default on CUDA) torch.compile.
+
+From these it projects the wall time of the study's sweep (5 seeds x 80 epochs of 2134 training
+and 468 validation slices per model): training at brainseg's rate, validation at the batch-N
+inference rate in the training precision, both not compiled (the default); the data loader
+(which must keep up), each run's start-up and its test are left out.
 
 Writes benchmarks/results/throughput_<device>.json after each model, and prints markdown tables.
 """
@@ -47,6 +53,10 @@ from brainseg.train import build_trainer, resolve_channels_last, resolve_precisi
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 SIZES = {"smoke": 64, "cpu": 128, "study": 256}  # image side of each experiment preset
+# The study's protocol, for the projected sweep time: slices per subset of the 3064 real ones
+# (patient split, data.split_seed=42), epochs per run, seeds per model.
+STUDY_SUBSETS = {"train": 2134, "val": 468}
+STUDY_EPOCHS, STUDY_SEEDS = 80, 5
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -90,6 +100,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="untimed steps before each round")
     p.add_argument("--rounds", type=int, default=2, help="bare/brainseg pairs")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    p.add_argument(
+        "--augment-on",
+        nargs="+",
+        default=["loader", "device"],
+        choices=("loader", "device"),
+        help="augmentation paths of the loader benchmark (data.augment_on)",
+    )
     p.add_argument("--loader-batches", type=int, default=None)
     p.add_argument("--latency-iters", type=int, default=None)
     p.add_argument("--infer-batch", type=int, default=64)
@@ -206,7 +223,8 @@ def memory_batches(cfg: DictConfig, count: int, device: torch.device) -> list[di
     batches: list[dict[str, Any]] = []
     while len(batches) < count:
         for batch in dm.train_dataloader():
-            batches.append({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            batches.append(dm.on_after_batch_transfer(batch, 0))  # augment_on=device
             if len(batches) == count:
                 break
     return batches
@@ -316,13 +334,17 @@ def train_throughput(
     }
 
 
-def loader_throughput(cfg: DictConfig, workers: int, batches: int) -> dict[str, Any]:
-    """Samples/s of the training loader (augmentation on), in steady state.
+def loader_throughput(
+    cfg: DictConfig, workers: int, batches: int, augment_on: str, device: torch.device
+) -> dict[str, Any]:
+    """Samples/s of the training loader, augmented and on `device`, in steady state.
 
-    The batches the workers prefetch while the first one is made are skipped: they would count
-    work done before the clock started.
+    Each batch is copied to the device as Lightning does it and passed through the data module's
+    `on_after_batch_transfer` (which augments there with augment_on=device). The batches the
+    workers prefetch while the first one is made are skipped: they would count work done before
+    the clock started.
     """
-    dm = instantiate(cfg.data, num_workers=workers, persistent_workers=True)
+    dm = instantiate(cfg.data, num_workers=workers, persistent_workers=True, augment_on=augment_on)
     dm.prepare_data()
     dm.setup("fit")
     loader = dm.train_dataloader()
@@ -335,10 +357,19 @@ def loader_throughput(cfg: DictConfig, workers: int, batches: int) -> dict[str, 
     samples, t0 = 0, time.perf_counter()
     for _ in range(batches):
         batch, iterator = _next_batch(loader, iterator)
+        batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+                 for k, v in batch.items()}  # fmt: skip
+        batch = dm.on_after_batch_transfer(batch, 0)
         samples += batch["image"].shape[0]
+    _sync(device)
     elapsed = time.perf_counter() - t0
     del iterator, loader
-    return {"workers": workers, "samples_per_s": samples / elapsed, "first_batch_s": first_batch_s}
+    return {
+        "augment_on": augment_on,
+        "workers": workers,
+        "samples_per_s": samples / elapsed,
+        "first_batch_s": first_batch_s,
+    }
 
 
 def _next_batch(loader, iterator):
@@ -422,18 +453,21 @@ def bench_model(args: argparse.Namespace, model: str, device: torch.device) -> d
             )
         consumption = training[0]["bare_images_per_s"]
         loaders = []
-        for workers in args.workers:
-            row = loader_throughput(cfg, workers, args.loader_batches)
-            row["ratio_to_consumption"] = row["samples_per_s"] / consumption
-            print(
-                f"   loader workers={workers}: {row['samples_per_s']:.1f} samples/s, "
-                f"{row['ratio_to_consumption']:.2f}x consumption",
-                flush=True,
-            )
-            loaders.append(row)
+        for augment_on in args.augment_on:
+            for workers in args.workers:
+                row = loader_throughput(cfg, workers, args.loader_batches, augment_on, device)
+                row["ratio_to_consumption"] = row["samples_per_s"] / consumption
+                print(
+                    f"   loader augment_on={augment_on} workers={workers}: "
+                    f"{row['samples_per_s']:.1f} samples/s, "
+                    f"{row['ratio_to_consumption']:.2f}x consumption",
+                    flush=True,
+                )
+                loaders.append(row)
         module = build_module(cfg, load_pretrained=False)
         infer = inference(cfg, module, batches, args, device)
         return {
+            "projected_run_s": projected_run_s(training[0], infer, str(cfg.trainer.precision)),
             "model": model,
             "params": sum(p.numel() for p in module.net.parameters()),
             "settings": {
@@ -455,24 +489,43 @@ def bench_model(args: argparse.Namespace, model: str, device: torch.device) -> d
         }
 
 
+def projected_run_s(train: dict[str, Any], infer: list[dict[str, Any]], precision: str) -> float:
+    """Seconds of one run of the study's protocol at the measured rates (see the module doc),
+    not compiled, as `python -m brainseg.train` runs by default."""
+    evaluation = next(
+        row["batch_images_per_s"]
+        for row in infer
+        if row["compiled"] == train["compiled"] and row["precision"] == precision
+    )
+    epoch_s = STUDY_SUBSETS["train"] / train["brainseg_images_per_s"]
+    epoch_s += STUDY_SUBSETS["val"] / evaluation
+    return STUDY_EPOCHS * epoch_s
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = [
-        "| model | input | precision | bare img/s | brainseg img/s | ratio | loader samples/s "
-        "(workers) | loader / consumption |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | input | precision | bare img/s | brainseg img/s | ratio |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in results["models"]:
         s = r["settings"]
         for t in r["train"]:
             name = r["model"] + (" (compiled)" if t["compiled"] else "")
-            loader = ", ".join(f"{x['samples_per_s']:.0f} ({x['workers']})" for x in r["loader"])
-            ratios = ", ".join(
-                f"{x['ratio_to_consumption']:.1f}x ({x['workers']})" for x in r["loader"]
-            )
             lines.append(
                 f"| {name} | {s['image_size']}², batch {s['batch_size']} | {s['precision']} | "
                 f"{t['bare_images_per_s']:.1f} | {t['brainseg_images_per_s']:.1f} | "
-                f"{t['ratio']:.3f} | {loader} | {ratios} |"
+                f"{t['ratio']:.3f} |"
+            )
+    lines += [
+        "",
+        "| model | augment_on | workers | loader samples/s | loader / consumption |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in results["models"]:
+        for x in r["loader"]:
+            lines.append(
+                f"| {r['model']} | {x.get('augment_on', 'loader')} | {x['workers']} | "
+                f"{x['samples_per_s']:.0f} | {x['ratio_to_consumption']:.1f}x |"
             )
     lines += [
         "",
@@ -486,6 +539,12 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{i['batch1_ms_median']:.1f} / {i['batch1_ms_p90']:.1f} | "
                 f"{i['batch_images_per_s']:.1f} (batch {i['batch']}) |"
             )
+    runs = ", ".join(f"{r['model']} {r['projected_run_s'] / 60:.1f} min" for r in results["models"])
+    lines += [
+        "",
+        f"Projected study sweep ({STUDY_SEEDS} seeds x {STUDY_EPOCHS} epochs per model, at "
+        f"these rates): {results['projected_study_sweep_h']:.2f} h (one run: {runs}).",
+    ]
     return "\n".join(lines)
 
 
@@ -504,6 +563,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for model in args.models:
         results["models"].append(bench_model(args, model, device))
         results["wall_time_s"] = time.time() - started
+        results["projected_study_sweep_h"] = (
+            STUDY_SEEDS * sum(m["projected_run_s"] for m in results["models"]) / 3600
+        )
         write_json(args.out, results)  # after each model: a cut-off run keeps what it measured
     table = markdown(results)
     print(f"\n{table}\n\nwrote {args.out} in {results['wall_time_s']:.0f} s")

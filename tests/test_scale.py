@@ -18,9 +18,10 @@ from lightning_fabric.strategies.launchers.subprocess_script import _hydra_subpr
 from omegaconf import open_dict
 
 from brainseg.models import SemanticFPN, UNet
+from brainseg.module import build_module
 from brainseg.train import pin_ddp_workers_to_this_job, train
 
-from .conftest import CONF_DIR, REPO_ROOT
+from .conftest import CONF_DIR, REPO_ROOT, compose_config
 
 # Tolerances of the fast paths against fp32 NCHW, on the same weights and input.
 CHANNELS_LAST_ATOL = 1e-5
@@ -203,3 +204,17 @@ def test_compiled_training_runs_on_cpu(smoke_cfg):
     record = train(cfg)
     assert record["status"] == "ok" and record["epochs"] == 1
     assert 0.0 <= record["test"]["dice"] <= 1.0
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_cuda_graph_timing_forward_gives_the_modules_logits():
+    # On a CPU tensor torch.compile skips the CUDA graphs and runs the compiled network: the
+    # wrapper (layout, compiled network) is what is checked here.
+    cfg = compose_config(["experiment=smoke", "paths.output_dir=unused", "trainer.compile=true"])
+    module = build_module(cfg).eval()
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    timed = module._timed_forward(torch.device("cuda"))
+    assert timed is not module
+    torch.testing.assert_close(timed(images), module.net(images), atol=1e-4, rtol=1e-4)
+    assert module._timed_forward(torch.device("cpu")) is module

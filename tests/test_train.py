@@ -128,9 +128,17 @@ def test_overfitting_one_batch_drives_the_loss_down():
     assert losses[-1] < 0.5 * losses[0]
 
 
-@pytest.mark.parametrize("augment_on", ["loader", "device"])
-def test_same_seed_same_metrics_and_resume_continues_exactly(smoke_cfg, augment_on):
-    smoke_cfg = functools.partial(smoke_cfg, f"data.augment_on={augment_on}")
+@pytest.mark.parametrize(
+    "data",
+    [
+        ("data.augment_on=loader", "data.num_workers=0"),
+        # Batch augmentation draws in the main process: persistent workers change nothing.
+        ("data.augment_on=device", "data.num_workers=2", "data.persistent_workers=true"),
+    ],
+    ids=["loader", "device"],
+)
+def test_same_seed_same_metrics_and_resume_continues_exactly(smoke_cfg, data):
+    smoke_cfg = functools.partial(smoke_cfg, *data)
     straight = train(smoke_cfg("trainer.max_epochs=2", run="straight"))
     again = train(smoke_cfg("trainer.max_epochs=2", run="again"))
     assert again["test"]["dice"] == straight["test"]["dice"]

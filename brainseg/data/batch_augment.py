@@ -6,9 +6,10 @@ pipeline (`brainseg.data.transforms`), with the same settings and order: flips, 
 (bilinear for the image, nearest for the mask, zero fill) and brightness/contrast on the
 [0, 1] grey image, then replication to `in_channels` and normalisation.
 
-Random parameters are drawn on the CPU from torch's global generator, in the main process:
-a run is reproducible and resumable exactly as with the loader path (see `ReseedEveryEpoch`),
-and a GPU never has to hand random numbers back to the host.
+Random parameters are drawn on the CPU, in the main process, from a generator the caller
+passes (the data module seeds one per batch from torch's global generator and the process's
+rank): a run is reproducible and resumable exactly (see `ReseedEveryEpoch`), DDP processes
+augment differently, and a GPU never has to hand random numbers back to the host.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from brainseg.data.transforms import check_augment, per_channel
 
 
 class BatchAugment:
-    """uint8 batches (B, 1, H, W) of images and masks -> float32 image (B, C, H, W), mask (B, 1, H, W).
+    """uint8 image and mask batches (B, 1, H, W) -> image float32 (B, C, H, W), mask (B, 1, H, W).
 
     Args:
         augment_cfg: as for `build_transforms` (hflip, vflip, affine, brightness_contrast).
@@ -43,17 +44,26 @@ class BatchAugment:
         self.vflip = float(cfg.get("vflip", 0))
         affine = cfg.get("affine") or {}
         self.affine_p = float(affine.get("p", 0))
-        self.rotate, self.scale, self.shift = (float(affine.get(k, 0)) for k in ("rotate", "scale", "shift"))
+        self.rotate, self.scale, self.shift = (
+            float(affine.get(k, 0)) for k in ("rotate", "scale", "shift")
+        )
         bc = cfg.get("brightness_contrast") or {}
         self.bc_p = float(bc.get("p", 0))
-        self.brightness, self.contrast = float(bc.get("brightness", 0)), float(bc.get("contrast", 0))
+        self.brightness = float(bc.get("brightness", 0))
+        self.contrast = float(bc.get("contrast", 0))
         self.in_channels = in_channels
         self.mean = torch.from_numpy(per_channel(mean, in_channels, "mean"))
         self.std = torch.from_numpy(per_channel(std, in_channels, "std"))
 
     def __call__(
-        self, image: torch.Tensor, mask: torch.Tensor, augment: bool = True
+        self,
+        image: torch.Tensor,
+        mask: torch.Tensor,
+        augment: bool = True,
+        generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augment (unless `augment` is false) and normalise; random draws from `generator`
+        (torch's global CPU generator when None)."""
         if image.dtype != torch.uint8 or image.ndim != 4 or image.shape[1] != 1:
             raise ValueError(
                 f"BatchAugment takes uint8 grey batches (B, 1, H, W), got {image.dtype} "
@@ -63,37 +73,43 @@ class BatchAugment:
         x = image.float().div_(255.0)
         y = mask.float()
         if augment:
-            x, y = self.augment(x, y)
+            x, y = self.augment(x, y, generator)
         mean = self.mean.to(x.device, non_blocking=True)
         std = self.std.to(x.device, non_blocking=True)
         x = (x.expand(-1, self.in_channels, -1, -1) - mean) / std
         return x.contiguous(), (y > 0.5).float()
 
-    def augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def augment(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Augment float [0, 1] images and {0, 1} masks (B, 1, H, W)."""
-        n = x.shape[0]
+        n, g = x.shape[0], generator
         if self.hflip:
-            x, y = _where(_coin(n, self.hflip, x), (x.flip(-1), y.flip(-1)), (x, y))
+            x, y = _where(_coin(n, self.hflip, x, g), (x.flip(-1), y.flip(-1)), (x, y))
         if self.vflip:
-            x, y = _where(_coin(n, self.vflip, x), (x.flip(-2), y.flip(-2)), (x, y))
+            x, y = _where(_coin(n, self.vflip, x, g), (x.flip(-2), y.flip(-2)), (x, y))
         if self.affine_p:
-            theta = self.sample_affine(n).to(x.device, non_blocking=True)
+            theta = self.sample_affine(n, g).to(x.device, non_blocking=True)
             warped = warp(x, y, theta)
-            x, y = _where(_coin(n, self.affine_p, x), warped, (x, y))
+            x, y = _where(_coin(n, self.affine_p, x, g), warped, (x, y))
         if self.bc_p:
-            alpha = 1 + _uniform(n, self.contrast)
-            beta = _uniform(n, self.brightness)
-            on = torch.rand(n) < self.bc_p
+            alpha = 1 + _uniform(n, self.contrast, g)
+            beta = _uniform(n, self.brightness, g)
+            on = torch.rand(n, generator=g) < self.bc_p
             alpha, beta = torch.where(on, alpha, 1.0), torch.where(on, beta, 0.0)
-            alpha, beta = (v.to(x.device, non_blocking=True).view(n, 1, 1, 1) for v in (alpha, beta))
+            alpha, beta = (
+                v.to(x.device, non_blocking=True).view(n, 1, 1, 1) for v in (alpha, beta)
+            )
             x = (x * alpha + beta).clamp_(0.0, 1.0)
         return x, y
 
-    def sample_affine(self, n: int) -> torch.Tensor:
+    def sample_affine(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """(n, 2, 3) sampling matrices of random rotations, scalings and shifts (CPU)."""
-        angle = _uniform(n, self.rotate)
-        scale = 1 + _uniform(n, self.scale)
-        shift = torch.stack([_uniform(n, self.shift), _uniform(n, self.shift)], dim=1)
+        angle = _uniform(n, self.rotate, generator)
+        scale = 1 + _uniform(n, self.scale, generator)
+        shift = torch.stack(
+            [_uniform(n, self.shift, generator), _uniform(n, self.shift, generator)], dim=1
+        )
         return affine_matrices(angle, scale, shift)
 
 
@@ -128,12 +144,13 @@ def warp(
     return x, y
 
 
-def _uniform(n: int, limit: float) -> torch.Tensor:
-    return (torch.rand(n) * 2 - 1) * limit
+def _uniform(n: int, limit: float, generator: torch.Generator | None) -> torch.Tensor:
+    return (torch.rand(n, generator=generator) * 2 - 1) * limit
 
 
-def _coin(n: int, p: float, like: torch.Tensor) -> torch.Tensor:
-    return (torch.rand(n) < p).to(like.device, non_blocking=True).view(n, 1, 1, 1)
+def _coin(n: int, p: float, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    on = torch.rand(n, generator=generator) < p
+    return on.to(like.device, non_blocking=True).view(n, 1, 1, 1)
 
 
 def _where(

@@ -120,7 +120,9 @@ class BrainTumorDataModule(pl.LightningDataModule):
         self.mean, self.std = list(_plain(mean)), list(_plain(std))
         self.root = root
         if augment_on not in AUGMENT_ON:
-            raise ValueError(f"data.augment_on={augment_on!r} is not one of {', '.join(AUGMENT_ON)}")
+            raise ValueError(
+                f"data.augment_on={augment_on!r} is not one of {', '.join(AUGMENT_ON)}"
+            )
         self.augment_on = augment_on
         # Fail at construction, not in a worker, on bad settings.
         build_transforms("train", self.augment, self.in_channels, self.mean, self.std)
@@ -170,7 +172,14 @@ class BrainTumorDataModule(pl.LightningDataModule):
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Augment and normalise the uint8 training batches of `augment_on=device`."""
         if batch["image"].dtype == torch.uint8:
-            batch["image"], batch["mask"] = self.batch_augment(batch["image"], batch["mask"])
+            # Seeded from the global generator (reseeded by (seed, epoch)) and the rank, so that
+            # DDP processes, which share the global seed, draw different augmentations.
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            seed = int(torch.randint(2**62, (1,))) + rank
+            generator = torch.Generator().manual_seed(seed)
+            batch["image"], batch["mask"] = self.batch_augment(
+                batch["image"], batch["mask"], generator=generator
+            )
         return batch
 
     def _loader(self, subset: str, batch_size: int, shuffle: bool) -> DataLoader:

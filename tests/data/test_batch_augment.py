@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import albumentations as A
 import cv2
 import numpy as np
@@ -37,7 +39,7 @@ def batch(images: np.ndarray, masks: np.ndarray) -> tuple[torch.Tensor, torch.Te
 def loader_path(images, masks, in_channels=3):
     """What the albumentations path makes of the slices without augmentation."""
     transform = build_transforms("val", None, in_channels, MEAN, STD)
-    pairs = [transform(i, m) for i, m in zip(images, masks)]
+    pairs = [transform(i, m) for i, m in zip(images, masks, strict=True)]
     return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 
@@ -80,7 +82,8 @@ def test_affine_warp_follows_albumentations_conventions(angle, scale, shift):
         p=1.0,
     )(image=images[0], mask=masks[0])
     theta = affine_matrices(torch.tensor([angle]), torch.tensor([scale]), torch.tensor([shift]))
-    x, y = warp(torch.from_numpy(images[:1, None]).float() / 255, batch(images, masks)[1].float(), theta)
+    image, mask = batch(images, masks)
+    x, y = warp(image.float() / 255, mask.float(), theta)
     image_error = np.abs(x[0, 0].numpy() * 255 - reference["image"].astype(np.float64))
     assert image_error.mean() < 0.1  # grey levels, out of 255
     ours, theirs = y[0, 0].numpy() > 0.5, reference["mask"] > 0
@@ -108,7 +111,7 @@ def test_brightness_contrast_is_an_affine_map_of_grey_levels_within_the_limits()
     torch.manual_seed(0)
     x, _ = BatchAugment({"brightness_contrast": limits}, 1, (0.0,), (1.0,))(*batch(images, masks))
     before = torch.from_numpy(images).float() / 255
-    for original, augmented in zip(before, x[:, 0]):
+    for original, augmented in zip(before, x[:, 0], strict=True):
         inside = (augmented > 0) & (augmented < 1)  # not clipped
         design = torch.stack([original[inside], torch.ones(int(inside.sum()))], dim=1)
         (alpha, beta), *_ = torch.linalg.lstsq(design.double(), augmented[inside, None].double())
@@ -184,3 +187,17 @@ def test_auto_augments_in_the_loader_without_cuda(tmp_path, monkeypatch):
 def test_unknown_augment_on_is_named(tmp_path):
     with pytest.raises(ValueError, match="data.augment_on='gpu'.*auto, loader, device"):
         datamodule(tmp_path, "gpu")
+
+
+def test_processes_of_one_run_draw_different_augmentations(tmp_path):
+    # DDP processes share the global seed; the rank tells their batch augmentations apart.
+    dm = datamodule(tmp_path, "device")
+    dm.setup("fit")
+    raw = next(iter(dm.train_dataloader()))
+    images = {}
+    for rank in (0, 1, 0):
+        dm.trainer = SimpleNamespace(global_rank=rank)
+        torch.manual_seed(0)
+        images.setdefault(rank, []).append(dm.on_after_batch_transfer(dict(raw), 0)["image"])
+    torch.testing.assert_close(images[0][0], images[0][1], atol=0, rtol=0)
+    assert not torch.equal(images[0][0], images[1][0])
