@@ -18,10 +18,10 @@ For each model it measures, in one process:
 - inference: batch-1 latency (median and p90 ms) and batch-N images/s, fp32 and bf16 autocast,
   eager and (with --compile, the default on CUDA) torch.compile.
 
-From these it projects the wall time of the study's sweep (5 seeds x 80 epochs of 2134 training
-and 468 validation slices per model): training at brainseg's rate, validation at the batch-N
-inference rate in the training precision, both not compiled (the default); the data loader
-(which must keep up), each run's start-up and its test are left out.
+At the study's settings it projects the wall time of the study's sweep (5 seeds x 80 epochs of
+2134 training and 468 validation slices per model): training at brainseg's rate, validation at
+the batch-N inference rate in the training precision, both not compiled (the default); the data
+loader (which must keep up), each run's start-up and its test are left out.
 
 Writes benchmarks/results/throughput_<device>.json after each model, and prints markdown tables.
 """
@@ -98,7 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None, help="default: the preset's (16)")
     p.add_argument("--steps", type=int, default=None, help="timed training steps per round")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps before each round")
-    p.add_argument("--rounds", type=int, default=2, help="bare/brainseg pairs")
+    p.add_argument("--rounds", type=int, default=None, help="bare/brainseg pairs")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     p.add_argument(
         "--augment-on",
@@ -127,9 +127,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # Defaults that keep a CPU run of both models within minutes, and a GPU run stable.
     slow = not cuda and args.study
     defaults = {
-        "steps": 3 if slow else (30 if cuda else 5),
-        "warmup": 1 if slow else (10 if cuda else 1),
-        "loader_batches": 4 if slow else (40 if cuda else 12),
+        "steps": 3 if slow else (30 if cuda else 10),
+        "warmup": 1 if slow else (10 if cuda else 2),
+        "loader_batches": 40,
+        "rounds": 2 if slow else 3,
         "latency_iters": 3 if slow else (100 if cuda else 20),
         "infer_iters": 1 if slow else (20 if cuda else 3),
     }
@@ -467,7 +468,11 @@ def bench_model(args: argparse.Namespace, model: str, device: torch.device) -> d
         module = build_module(cfg, load_pretrained=False)
         infer = inference(cfg, module, batches, args, device)
         return {
-            "projected_run_s": projected_run_s(training[0], infer, str(cfg.trainer.precision)),
+            "projected_run_s": (
+                projected_run_s(training[0], infer, str(cfg.trainer.precision))
+                if args.study
+                else None
+            ),
             "model": model,
             "params": sum(p.numel() for p in module.net.parameters()),
             "settings": {
@@ -539,6 +544,8 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{i['batch1_ms_median']:.1f} / {i['batch1_ms_p90']:.1f} | "
                 f"{i['batch_images_per_s']:.1f} (batch {i['batch']}) |"
             )
+    if results.get("projected_study_sweep_h") is None:
+        return "\n".join(lines)
     runs = ", ".join(f"{r['model']} {r['projected_run_s'] / 60:.1f} min" for r in results["models"])
     lines += [
         "",
@@ -563,9 +570,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for model in args.models:
         results["models"].append(bench_model(args, model, device))
         results["wall_time_s"] = time.time() - started
-        results["projected_study_sweep_h"] = (
-            STUDY_SEEDS * sum(m["projected_run_s"] for m in results["models"]) / 3600
-        )
+        if args.study:  # the study's settings: its sweep, projected
+            results["projected_study_sweep_h"] = (
+                STUDY_SEEDS * sum(m["projected_run_s"] for m in results["models"]) / 3600
+            )
         write_json(args.out, results)  # after each model: a cut-off run keeps what it measured
     table = markdown(results)
     print(f"\n{table}\n\nwrote {args.out} in {results['wall_time_s']:.0f} s")

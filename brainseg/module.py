@@ -12,7 +12,7 @@ import torch.distributed as dist
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 
 from brainseg.data.sources import natural_key
 from brainseg.metrics import PerImageDice, build_metrics, per_image_stats
@@ -70,6 +70,9 @@ class SegmentationModule(pl.LightningModule):
         full = build_metrics(**self.metric_args)
         self.val_metrics = full.clone(prefix="val/")
         self.test_metrics = full.clone(prefix="test/")
+        # Evaluation losses as metrics: sums over every slice of every process, hence exact
+        # under DDP (Lightning's sync_dist would average the processes' means).
+        self.eval_losses = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
         self.test_rows: list[dict[str, Any]] = []
         self._timing_batch: torch.Tensor | None = None
 
@@ -87,16 +90,12 @@ class SegmentationModule(pl.LightningModule):
         logits = self(images)
         loss = self.loss(logits, masks)
         metrics.update(logits.detach(), masks)
-        on_step = stage == "train"
-        self.log(
-            f"{stage}/loss",
-            loss,
-            on_step=on_step,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=images.shape[0],
-            sync_dist=not on_step,
-        )
+        if stage == "train":
+            batch_size = images.shape[0]
+            self.log("train/loss", loss, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        else:
+            self.eval_losses[stage].update(loss.detach(), weight=images.shape[0])
+            self.log(f"{stage}/loss", self.eval_losses[stage], on_epoch=True, prog_bar=True)
         self.log_dict(
             metrics,
             on_step=False,
@@ -182,7 +181,7 @@ class SegmentationModule(pl.LightningModule):
 
 
 def _gather_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """All processes' per-image rows, each slice once (distributed samplers pad with repeats)."""
+    """All processes' per-image rows, each slice once, in natural order of the ids."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return rows
     gathered: list[list[dict[str, Any]]] = [[] for _ in range(dist.get_world_size())]

@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from brainseg.data.batch_augment import BatchAugment
@@ -187,10 +189,17 @@ class BrainTumorDataModule(pl.LightningDataModule):
             self.setup()
         dataset = self.datasets[subset]
         workers = self.num_workers
+        sampler = None
+        if not shuffle and dist.is_available() and dist.is_initialized():
+            # Lightning's DistributedSampler pads the evaluation sets with repeated slices to
+            # equal shares; this one gives each slice to exactly one process, so that summed
+            # metrics are exact whatever the number of processes (it leaves training alone).
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             drop_last=shuffle and len(dataset) > batch_size,
             num_workers=workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
