@@ -112,9 +112,15 @@ def run_train(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.Comp
     return result
 
 
-# Smoke data: 48 slices of 12 patients -> a test set of 8 slices, 2 processes x batch 4, so that
-# DistributedSampler pads nothing and each process sees one full batch.
-SMOKE_DDP = ["experiment=smoke", "model=unet", "data.eval_batch_size=4", "logger=csv"]
+# Smoke data split by image: 7 test slices, which two processes cannot share evenly (Lightning's
+# DistributedSampler would repeat one slice to make it 4 + 4).
+SMOKE_DDP = [
+    "experiment=smoke",
+    "model=unet",
+    "data.split=image",
+    "data.eval_batch_size=4",
+    "logger=csv",
+]
 
 
 @pytest.mark.slow
@@ -137,11 +143,12 @@ def test_ddp_two_processes_give_the_same_test_metrics_as_one(tmp_path):
     assert single["test"]["dice_pooled"] > 0  # something is predicted: a real comparison
     for key in EXACT_KEYS:
         assert double["test"][key] == pytest.approx(single["test"][key], abs=1e-6), key
-    assert double["test"]["loss"] == pytest.approx(single["test"]["loss"], rel=1e-5)
+    # The Dice part of the loss pools each batch, and two processes batch the slices differently.
+    assert double["test"]["loss"] == pytest.approx(single["test"]["loss"], rel=1e-2)
     # Per-image rows are gathered from both processes, each slice once.
     rows_one = pd.read_csv(one / "per_image.csv")
     rows_two = pd.read_csv(two / "per_image.csv")
-    assert len(rows_one) == 8
+    assert len(rows_one) == 7
     pd.testing.assert_frame_equal(rows_two, rows_one, atol=1e-6)
     # Rank 1 logged into the same run directory and wrote no records of its own.
     assert (two / "train_ddp_process_1.log").is_file()
