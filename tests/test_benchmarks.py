@@ -71,3 +71,5 @@ def test_gpu_check_script_runs_through_in_dry_mode(tmp_path):
         record = json.loads((results / f"train_{model}_metrics.json").read_text())
         assert record["status"] == "ok" and record["model"] == model
     assert "card: dry-cpu" in (results / "machine.txt").read_text()
+    # The smoke preset is not the study's: nothing to project from.
+    assert "no projection" in (results / "projection.txt").read_text()
