@@ -508,51 +508,65 @@ def projected_run_s(train: dict[str, Any], infer: list[dict[str, Any]], precisio
 
 
 def markdown(results: dict[str, Any]) -> str:
-    lines = [
-        "| model | input | precision | bare img/s | brainseg img/s | ratio |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
+    training, loaders, inference = [], [], []
     for r in results["models"]:
         s = r["settings"]
         for t in r["train"]:
-            name = r["model"] + (" (compiled)" if t["compiled"] else "")
-            lines.append(
-                f"| {name} | {s['image_size']}², batch {s['batch_size']} | {s['precision']} | "
-                f"{t['bare_images_per_s']:.1f} | {t['brainseg_images_per_s']:.1f} | "
-                f"{t['ratio']:.3f} |"
+            training.append(
+                [
+                    r["model"] + (" (compiled)" if t["compiled"] else ""),
+                    f"{s['image_size']}², batch {s['batch_size']}",
+                    s["precision"],
+                    f"{t['bare_images_per_s']:.2f}",
+                    f"{t['brainseg_images_per_s']:.2f}",
+                    f"{t['ratio']:.3f}",
+                ]
             )
-    lines += [
-        "",
-        "| model | augment_on | workers | loader samples/s | loader / consumption |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for r in results["models"]:
         for x in r["loader"]:
-            lines.append(
-                f"| {r['model']} | {x.get('augment_on', 'loader')} | {x['workers']} | "
-                f"{x['samples_per_s']:.0f} | {x['ratio_to_consumption']:.1f}x |"
+            loaders.append(
+                [
+                    r["model"],
+                    x["augment_on"],
+                    str(x["workers"]),
+                    f"{x['samples_per_s']:.0f}",
+                    f"{x['ratio_to_consumption']:.1f}x",
+                ]
             )
-    lines += [
-        "",
-        "| model | compiled | precision | batch-1 ms (median / p90) | batch-N img/s |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for r in results["models"]:
         for i in r["inference"]:
-            lines.append(
-                f"| {r['model']} | {'yes' if i['compiled'] else 'no'} | {i['precision']} | "
-                f"{i['batch1_ms_median']:.1f} / {i['batch1_ms_p90']:.1f} | "
-                f"{i['batch_images_per_s']:.1f} (batch {i['batch']}) |"
+            inference.append(
+                [
+                    r["model"],
+                    "yes" if i["compiled"] else "no",
+                    i["precision"],
+                    f"{i['batch1_ms_median']:.1f} / {i['batch1_ms_p90']:.1f}",
+                    f"{i['batch_images_per_s']:.1f} (batch {i['batch']})",
+                ]
             )
-    if results.get("projected_study_sweep_h") is None:
-        return "\n".join(lines)
-    runs = ", ".join(f"{r['model']} {r['projected_run_s'] / 60:.1f} min" for r in results["models"])
-    lines += [
-        "",
-        f"Projected study sweep ({STUDY_SEEDS} seeds x {STUDY_EPOCHS} epochs per model, at "
-        f"these rates): {results['projected_study_sweep_h']:.2f} h (one run: {runs}).",
-    ]
+    lines = _table(
+        ["model", "input", "precision", "bare img/s", "brainseg img/s", "ratio"], training
+    )
+    lines += _table(
+        ["model", "augment_on", "workers", "loader samples/s", "loader / consumption"], loaders
+    )
+    lines += _table(
+        ["model", "compiled", "precision", "batch-1 ms (median / p90)", "batch-N img/s"],
+        inference,
+    )
+    if results.get("projected_study_sweep_h") is not None:
+        runs = ", ".join(
+            f"{r['model']} {r['projected_run_s'] / 60:.1f} min" for r in results["models"]
+        )
+        lines.append(
+            f"Projected study sweep ({STUDY_SEEDS} seeds x {STUDY_EPOCHS} epochs per model, at "
+            f"these rates): {results['projected_study_sweep_h']:.2f} h (one run: {runs})."
+        )
     return "\n".join(lines)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table, then an empty line."""
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return [*lines, *("| " + " | ".join(row) + " |" for row in rows), ""]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
