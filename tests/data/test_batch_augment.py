@@ -201,3 +201,33 @@ def test_processes_of_one_run_draw_different_augmentations(tmp_path):
         images.setdefault(rank, []).append(dm.on_after_batch_transfer(dict(raw), 0)["image"])
     torch.testing.assert_close(images[0][0], images[0][1], atol=0, rtol=0)
     assert not torch.equal(images[0][0], images[1][0])
+
+
+def test_both_paths_augment_the_same_amount_at_the_default_settings():
+    # The same 512 slices through albumentations and through the batch path: how much the images
+    # change, how much zero fill comes in and how much lesion stays agree within sampling noise.
+    images, masks = slices(n=512, size=64, seed=2)
+    images = np.clip(
+        images.astype(int) + np.random.default_rng(3).integers(-30, 30, images.shape), 0, 255
+    )
+    images = images.astype(np.uint8)
+    torch.manual_seed(0)
+    transform = build_transforms("train", DEFAULT, 1, (0.0,), (1.0,))
+    pairs = [transform(i, m) for i, m in zip(images, masks, strict=True)]
+    loader = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    generator = torch.Generator().manual_seed(0)
+    device = BatchAugment(DEFAULT, 1, (0.0,), (1.0,))(*batch(images, masks), generator=generator)
+    original, lesion = batch(images, masks)
+    original = original.float() / 255
+
+    def summary(x, y):
+        return {
+            "changed": (x - original).abs().mean().item(),
+            "zero_fill": (x == 0).float().mean().item(),
+            "lesion_kept": (y.sum() / lesion.sum()).item(),
+        }
+
+    ours, theirs = summary(*device), summary(*loader)
+    assert ours["changed"] == pytest.approx(theirs["changed"], rel=0.15)
+    assert ours["zero_fill"] == pytest.approx(theirs["zero_fill"], abs=0.01)
+    assert ours["lesion_kept"] == pytest.approx(theirs["lesion_kept"], abs=0.02)
