@@ -105,8 +105,11 @@ class BatchAugment:
 
     def sample_affine(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """(n, 2, 3) sampling matrices of random rotations, scalings and shifts (CPU)."""
+        # x and y scales apart, as albumentations' Affine draws them (keep_ratio=False).
         angle = _uniform(n, self.rotate, generator)
-        scale = 1 + _uniform(n, self.scale, generator)
+        scale = 1 + torch.stack(
+            [_uniform(n, self.scale, generator), _uniform(n, self.scale, generator)], dim=1
+        )
         shift = torch.stack(
             [_uniform(n, self.shift, generator), _uniform(n, self.shift, generator)], dim=1
         )
@@ -118,18 +121,20 @@ def affine_matrices(angle: torch.Tensor, scale: torch.Tensor, shift: torch.Tenso
 
     Args:
         angle: (n,) degrees, positive counter-clockwise as the image is displayed.
-        scale: (n,) zoom factors about the centre.
-        shift: (n, 2) translations (x right, y down) as fractions of the side.
+        scale: (n, 2) zoom factors along x and y, about the centre.
+        shift: (n, 2) translations (x right, y down) as fractions of the side; albumentations
+            rounds them to whole pixels, this keeps them exact.
 
-    The warp moves the content by p -> scale * R(angle) p + shift; `affine_grid` needs where each
-    output pixel samples from, the inverse, in coordinates from -1 to 1 (a side spans 2).
+    The warp moves the content by p -> R(angle) S p + shift, S = diag(scale); `affine_grid` needs
+    where each output pixel samples from, the inverse, in coordinates from -1 to 1 (a side spans
+    2).
     """
     rad = angle.double() * math.pi / 180
     cos, sin = torch.cos(rad), torch.sin(rad)
     # With y pointing down, a counter-clockwise turn on screen is [[cos, sin], [-sin, cos]];
-    # its inverse, divided by the scale, maps output points back to input points.
+    # S^-1 R^-1 (dividing the rows of the inverse turn by the scales) maps output points back.
     inv = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
-    inv = inv / scale.double().view(-1, 1, 1)
+    inv = inv / scale.double().unsqueeze(-1)
     offset = -(inv @ (2 * shift.double()).unsqueeze(-1))
     return torch.cat([inv, offset], dim=-1).float()
 

@@ -64,15 +64,16 @@ def test_certain_flips_flip_image_and_mask_together(key, dim):
 
 @pytest.mark.parametrize(
     "angle,scale,shift",
-    [(0.0, 1.0, (0.0, 0.0)), (15.0, 1.0, (0.0, 0.0)), (-12.0, 1.1, (0.125, 0.0)),
-     (30.0, 0.8, (0.0, -0.0625)), (0.0, 0.9, (0.0625, 0.125))],
+    [(0.0, (1.0, 1.0), (0.0, 0.0)), (15.0, (1.0, 1.0), (0.0, 0.0)),
+     (-12.0, (1.1, 1.1), (0.125, 0.0)), (30.0, (0.8, 0.8), (0.0, -0.0625)),
+     (0.0, (0.9, 1.1), (0.0625, 0.125)), (20.0, (1.1, 0.9), (0.0, 0.0))],
 )  # fmt: skip
 def test_affine_warp_follows_albumentations_conventions(angle, scale, shift):
     # Whole-pixel shifts: albumentations rounds the translation to pixels, the batch path not.
     images, masks = slices(n=1)
     reference = A.Affine(
         rotate=(angle, angle),
-        scale=(scale, scale),
+        scale={"x": (scale[0], scale[0]), "y": (scale[1], scale[1])},
         translate_percent={"x": (shift[0], shift[0]), "y": (shift[1], shift[1])},
         interpolation=cv2.INTER_LINEAR,
         mask_interpolation=cv2.INTER_NEAREST,
