@@ -123,7 +123,7 @@ def affine_matrices(angle: torch.Tensor, scale: torch.Tensor, shift: torch.Tenso
         angle: (n,) degrees, positive counter-clockwise as the image is displayed.
         scale: (n, 2) zoom factors along x and y, about the centre.
         shift: (n, 2) translations (x right, y down) as fractions of the side; albumentations
-            rounds them to whole pixels, this keeps them exact.
+            truncates them to whole pixels, this keeps them exact.
 
     The warp moves the content by p -> R(angle) S p + shift, S = diag(scale); `affine_grid` needs
     where each output pixel samples from, the inverse, in coordinates from -1 to 1 (a side spans

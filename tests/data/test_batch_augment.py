@@ -69,7 +69,7 @@ def test_certain_flips_flip_image_and_mask_together(key, dim):
      (0.0, (0.9, 1.1), (0.0625, 0.125)), (20.0, (1.1, 0.9), (0.0, 0.0))],
 )  # fmt: skip
 def test_affine_warp_follows_albumentations_conventions(angle, scale, shift):
-    # Whole-pixel shifts: albumentations rounds the translation to pixels, the batch path not.
+    # Whole-pixel shifts: albumentations truncates the translation to pixels, the batch path not.
     images, masks = slices(n=1)
     reference = A.Affine(
         rotate=(angle, angle),
