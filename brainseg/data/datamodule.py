@@ -99,7 +99,7 @@ class BrainTumorDataModule(pl.LightningDataModule):
         pin_memory: bool = True,
         persistent_workers: bool = True,
         augment: Mapping | None = None,
-        augment_on: str = "auto",
+        augment_on: str = "loader",
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         root: str | os.PathLike | None = None,
