@@ -43,6 +43,7 @@ import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from lightning_fabric.utilities.apply_func import move_data_to_device
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from brainseg.atomic import write_json
@@ -224,8 +225,7 @@ def memory_batches(cfg: DictConfig, count: int, device: torch.device) -> list[di
     batches: list[dict[str, Any]] = []
     while len(batches) < count:
         for batch in dm.train_dataloader():
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            batches.append(dm.on_after_batch_transfer(batch, 0))  # augment_on=device
+            batches.append(_transfer(dm, batch, device))
             if len(batches) == count:
                 break
     return batches
@@ -358,9 +358,7 @@ def loader_throughput(
     samples, t0 = 0, time.perf_counter()
     for _ in range(batches):
         batch, iterator = _next_batch(loader, iterator)
-        batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
-                 for k, v in batch.items()}  # fmt: skip
-        batch = dm.on_after_batch_transfer(batch, 0)
+        batch = _transfer(dm, batch, device)
         samples += batch["image"].shape[0]
     _sync(device)
     elapsed = time.perf_counter() - t0
@@ -371,6 +369,12 @@ def loader_throughput(
         "samples_per_s": samples / elapsed,
         "first_batch_s": first_batch_s,
     }
+
+
+def _transfer(dm, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """A loader batch as the training step gets it: moved as Lightning moves it, then passed
+    through the data module's `on_after_batch_transfer` (which augments with augment_on=device)."""
+    return dm.on_after_batch_transfer(move_data_to_device(batch, device), 0)
 
 
 def _next_batch(loader, iterator):
