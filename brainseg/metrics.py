@@ -4,6 +4,13 @@ Inputs. Every ``update(logits, target)`` takes the network's raw LOGITS (B, 1, H
 (B, 1, H, W) or (B, H, W) holding {0, 1}. A pixel is predicted positive when
 ``sigmoid(logit) > threshold``, computed as ``logit > log(threshold / (1 - threshold))``.
 
+Empty masks (slices without tumour), one convention everywhere: a ratio whose denominator is 0
+is 1 when prediction and truth are both empty (nothing to find, nothing claimed) and 0
+otherwise. It holds per image (Dice, precision, recall of ``per_image_stats``, hence the rows of
+per_image.csv), for the pooled scores over everything seen, and for lesion recall; so no NaN
+ever enters a mean. With a tumour on every slice no denominator is 0 except precision's when
+nothing is predicted at all, which is 0 under this rule as under torchmetrics' default.
+
 What each key of ``build_metrics`` means:
 
 - ``dice``: mean over images of per-image Dice 2TP / (2TP + FP + FN) — the headline Dice.
@@ -14,18 +21,22 @@ What each key of ``build_metrics`` means:
 - ``lesion_recall``: share of ground-truth lesions (connected components, 8-connectivity by
   default) that the prediction detects, counted over all images seen.
 
-Empty masks (slices without tumour) never give NaN:
+On a set with tumour-free slices the headline Dice mostly measures "predicted nothing on an
+empty slice". ``build_empty_slice_metrics`` separates the two kinds of slice:
 
-- Per image, a score whose denominator is 0 is 1 when prediction and truth are both empty and
-  0 otherwise. Dice: both empty -> 1, exactly one empty -> 0. Precision with nothing predicted:
-  1 if the truth is empty, else 0. Recall with an empty truth: 1 if nothing is predicted, else 0.
-- Pooled scores with a zero denominator over everything seen are 0 (torchmetrics' default).
-- Lesion recall with no lesion in anything seen is 1 (there was no lesion to miss).
+- ``dice_tumor``: mean per-image Dice over the slices that contain a tumour only.
+- ``empty_correct``: share of tumour-free slices predicted empty.
+- ``fp_lesions_per_empty``: false-positive lesions (connected components of the prediction, same
+  connectivity) per tumour-free slice.
+
+Their ``compute`` is NaN when the set has no slice of the kind they average over; the Lightning
+module logs them only when some slice is tumour-free (and ``dice_tumor`` only when some slice
+has a tumour), so a set with a tumour on every slice reports exactly the five keys above.
 
 States are sums (``dist_reduce_fx="sum"``), so every metric is exact across batches and DDP
-processes. ``update`` never copies to the host on the pooled and per-image metrics; lesion recall
-labels components on the GPU (``label_components(method="torch")``) and synchronises only to test
-convergence every few propagation steps.
+processes. ``update`` never copies to the host on the pooled and per-image metrics; lesion
+counts label components on the GPU (``label_components(method="torch")``) and synchronise only
+to test convergence every few propagation steps.
 """
 
 from __future__ import annotations
@@ -54,6 +65,11 @@ def _logit(threshold: float) -> float:
 def _check_connectivity(connectivity: int) -> None:
     if connectivity not in (4, 8):
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
+
+
+def _check_method(method: str) -> None:
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
 
 
 def _check_min_overlap(min_overlap: float) -> None:
@@ -174,8 +190,7 @@ def label_components(
         labels int64 (B, H, W) and the number of components per image, int64 (B,).
     """
     _check_connectivity(connectivity)
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    _check_method(method)
     if mask.ndim != 3:
         raise ValueError(f"mask must have shape (B, H, W), got {tuple(mask.shape)}")
     mask = mask.bool()
@@ -289,24 +304,52 @@ class _PooledFromLogits:
         pred, truth = _binarize(logits, target, self.logit_threshold)
         super().update(pred.long(), truth.long())
 
+    @staticmethod
+    def _denominator(tp: Tensor, fp: Tensor, fn: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def compute(self) -> Tensor:
+        # torchmetrics gives 0 for a zero denominator; only that case changes to the module's
+        # convention, so every other value stays torchmetrics' own, bit for bit.
+        value = super().compute()
+        tp, fp, _, fn = self._final_state()
+        both_empty = (tp + fp == 0) & (tp + fn == 0)  # nothing predicted, nothing to find
+        return torch.where(self._denominator(tp, fp, fn) > 0, value, both_empty.to(value.dtype))
+
 
 class PooledDice(_PooledFromLogits, BinaryF1Score):
-    """Dice over all pixels seen, 2TP / (2TP + FP + FN) (= pixel-wise binary F1)."""
+    """Dice over all pixels seen, 2TP / (2TP + FP + FN) (= pixel-wise binary F1); 1 when
+    prediction and truth are empty everywhere."""
+
+    @staticmethod
+    def _denominator(tp: Tensor, fp: Tensor, fn: Tensor) -> Tensor:
+        return 2 * tp + fp + fn
 
 
 class PooledPrecision(_PooledFromLogits, BinaryPrecision):
-    """Precision over all pixels seen, TP / (TP + FP)."""
+    """Precision over all pixels seen, TP / (TP + FP); with nothing predicted, 1 if the truth is
+    empty everywhere, else 0."""
+
+    @staticmethod
+    def _denominator(tp: Tensor, fp: Tensor, fn: Tensor) -> Tensor:
+        return tp + fp
 
 
 class PooledRecall(_PooledFromLogits, BinaryRecall):
-    """Recall over all pixels seen, TP / (TP + FN)."""
+    """Recall over all pixels seen, TP / (TP + FN); with no tumour pixel, 1 if nothing is
+    predicted, else 0."""
+
+    @staticmethod
+    def _denominator(tp: Tensor, fp: Tensor, fn: Tensor) -> Tensor:
+        return tp + fn
 
 
 class LesionRecall(Metric):
     """Share of ground-truth lesions detected by the prediction, over all images seen.
 
     Every connected component of the target is one lesion; it is detected when more than
-    ``min_overlap`` of its pixels are predicted (0: any overlapping pixel).
+    ``min_overlap`` of its pixels are predicted (0: any overlapping pixel). With no lesion in
+    anything seen: 1 if nothing was predicted either, else 0.
 
     Args:
         threshold: probability threshold applied to sigmoid(logits).
@@ -330,14 +373,14 @@ class LesionRecall(Metric):
         super().__init__(**kwargs)
         _check_connectivity(connectivity)
         _check_min_overlap(min_overlap)
-        if method not in _METHODS:
-            raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+        _check_method(method)
         self.logit_threshold = _logit(threshold)
         self.connectivity = connectivity
         self.min_overlap = float(min_overlap)
         self.method = method
         self.add_state("detected", torch.tensor(0), dist_reduce_fx="sum")
         self.add_state("total", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("predicted", torch.tensor(0), dist_reduce_fx="sum")  # predicted pixels
 
     def update(self, logits: Tensor, target: Tensor) -> None:
         pred, truth = _binarize(logits, target, self.logit_threshold)
@@ -346,11 +389,98 @@ class LesionRecall(Metric):
         )
         self.detected += detected.sum()
         self.total += lesions.sum()
+        self.predicted += pred.sum()
 
     def compute(self) -> Tensor:
-        # No lesion in anything seen: there was no lesion to miss, so 1 rather than 0/0 = NaN.
         ratio = self.detected / self.total.clamp_min(1)
-        return torch.where(self.total > 0, ratio, torch.ones_like(ratio))
+        both_empty = self.predicted == 0  # where total == 0, the truth is empty too
+        return torch.where(self.total > 0, ratio, both_empty.to(ratio.dtype))
+
+
+class TumorDice(Metric):
+    """Mean per-image Dice over the images whose truth holds a tumour; NaN when none does."""
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, threshold: float = 0.5, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.logit_threshold = _logit(threshold)
+        self.add_state("dice_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("num_tumor", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, logits: Tensor, target: Tensor) -> None:
+        pred, truth = _binarize(logits, target, self.logit_threshold)
+        scores = _per_image_scores(pred, truth)
+        tumor = scores["true_area"] > 0
+        self.dice_sum += (scores["dice"] * tumor).sum(dtype=torch.float64)
+        self.num_tumor += tumor.sum()
+
+    def compute(self) -> Tensor:
+        return (self.dice_sum / self.num_tumor).float()
+
+
+class EmptyCorrect(Metric):
+    """Share of tumour-free images predicted empty (no pixel above threshold); NaN when no
+    image is tumour-free."""
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, threshold: float = 0.5, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.logit_threshold = _logit(threshold)
+        self.add_state("correct", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("num_empty", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, logits: Tensor, target: Tensor) -> None:
+        pred, truth = _binarize(logits, target, self.logit_threshold)
+        empty = ~truth.flatten(1).any(1)
+        self.correct += (empty & ~pred.flatten(1).any(1)).sum()
+        self.num_empty += empty.sum()
+
+    def compute(self) -> Tensor:
+        return self.correct / self.num_empty
+
+
+class FalsePositiveLesionsPerEmpty(Metric):
+    """Connected components of the prediction on tumour-free images, per tumour-free image;
+    NaN when no image is tumour-free. On such an image every predicted lesion is false.
+
+    Args:
+        threshold: probability threshold applied to sigmoid(logits).
+        connectivity: 8 or 4, as for ``LesionRecall``.
+        method: connected-component method, see ``label_components``.
+    """
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(
+        self, threshold: float = 0.5, connectivity: int = 8, method: str = "auto", **kwargs
+    ) -> None:
+        super().__init__(**kwargs)
+        _check_connectivity(connectivity)
+        _check_method(method)
+        self.logit_threshold = _logit(threshold)
+        self.connectivity = connectivity
+        self.method = method
+        self.add_state("fp_lesions", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("num_empty", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, logits: Tensor, target: Tensor) -> None:
+        pred, truth = _binarize(logits, target, self.logit_threshold)
+        empty = ~truth.flatten(1).any(1)  # (B,)
+        # Masking rather than indexing keeps the batch's shape, hence no host sync.
+        _, lesions = label_components(pred & empty.view(-1, 1, 1), self.connectivity, self.method)
+        self.fp_lesions += lesions.sum()
+        self.num_empty += empty.sum()
+
+    def compute(self) -> Tensor:
+        return self.fp_lesions / self.num_empty
 
 
 def build_metrics(
@@ -372,4 +502,19 @@ def build_metrics(
         # The three pooled metrics share one set of TP/FP/TN/FN counts; stating the groups
         # skips torchmetrics' state comparison after the first update.
         compute_groups=[["dice_pooled", "precision", "recall"]],
+    )
+
+
+def build_empty_slice_metrics(
+    threshold: float = 0.5, connectivity: int = 8, method: str = "auto"
+) -> MetricCollection:
+    """The metrics of sets with tumour-free slices: dice_tumor, empty_correct and
+    fp_lesions_per_empty (NaN when the set lacks the slices they average over; see the module
+    docstring for when to log them)."""
+    return MetricCollection(
+        {
+            "dice_tumor": TumorDice(threshold),
+            "empty_correct": EmptyCorrect(threshold),
+            "fp_lesions_per_empty": FalsePositiveLesionsPerEmpty(threshold, connectivity, method),
+        }
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,15 @@ from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 
 from brainseg.data.sources import natural_key
-from brainseg.metrics import PerImageDice, build_metrics, per_image_stats
+from brainseg.metrics import (
+    PerImageDice,
+    build_empty_slice_metrics,
+    build_metrics,
+    per_image_stats,
+)
 from brainseg.timing import summarize, time_forward
+
+log = logging.getLogger(__name__)
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
@@ -70,6 +78,15 @@ class SegmentationModule(pl.LightningModule):
         full = build_metrics(**self.metric_args)
         self.val_metrics = full.clone(prefix="val/")
         self.test_metrics = full.clone(prefix="test/")
+        # Logged at epoch end, and only when the evaluated set has a tumor-free slice.
+        by_slice = build_empty_slice_metrics(
+            threshold,
+            self.metric_args.get("connectivity", 8),
+            self.metric_args.get("method", "auto"),
+        )
+        self.empty_slice_metrics = nn.ModuleDict(
+            {"val": by_slice.clone(prefix="val/"), "test": by_slice.clone(prefix="test/")}
+        )
         # Evaluation losses as metrics: sums over every slice of every process, hence exact
         # under DDP (Lightning's sync_dist would average the processes' means).
         self.eval_losses = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
@@ -95,6 +112,7 @@ class SegmentationModule(pl.LightningModule):
             self.log("train/loss", loss, on_epoch=True, prog_bar=True, batch_size=batch_size)
         else:
             self.eval_losses[stage].update(loss.detach(), weight=images.shape[0])
+            self.empty_slice_metrics[stage].update(logits.detach(), masks)
             self.log(f"{stage}/loss", self.eval_losses[stage], on_epoch=True, prog_bar=True)
         self.log_dict(
             metrics,
@@ -111,6 +129,9 @@ class SegmentationModule(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._shared_step(batch, self.val_metrics, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_empty_slice_metrics("val")
 
     def on_test_epoch_start(self) -> None:
         self.test_rows = []
@@ -129,10 +150,35 @@ class SegmentationModule(pl.LightningModule):
             self.test_rows.append(row)
 
     def on_test_epoch_end(self) -> None:
+        self._log_empty_slice_metrics("test")
         self.test_rows = _gather_rows(self.test_rows)
         if self._timing_batch is not None:
             for key, value in self.measure_inference(self._timing_batch).items():
                 self.log(f"test/{key}", value, sync_dist=True)
+
+    def _log_empty_slice_metrics(self, stage: str) -> None:
+        """Logs dice_tumor, empty_correct and fp_lesions_per_empty when the evaluated set has a
+        tumor-free slice (dice_tumor only when it also has a tumor slice); warns when it has no
+        tumor at all. A set with a tumor on every slice logs none of them."""
+        metrics = self.empty_slice_metrics[stage]
+        if not any(metric.update_called for metric in metrics.values()):
+            return
+        values = metrics.compute()  # synchronised over processes: every rank decides alike
+        metrics.reset()
+        dice_tumor = values[f"{stage}/dice_tumor"]
+        no_tumor = not torch.isfinite(dice_tumor)
+        if no_tumor and self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            log.warning(
+                "the %s set has no tumor on any slice: its Dice, precision, recall and "
+                "lesion recall only measure false positives (1 where nothing is predicted); "
+                "read empty_correct (%.4f) and fp_lesions_per_empty (%.4f) instead",
+                stage,
+                values[f"{stage}/empty_correct"].item(),
+                values[f"{stage}/fp_lesions_per_empty"].item(),
+            )
+        if torch.isfinite(values[f"{stage}/empty_correct"]):  # some slice is tumor-free
+            finite = {key: value for key, value in values.items() if torch.isfinite(value)}
+            self.log_dict(finite, prog_bar=False)
 
     def measure_inference(self, batch: torch.Tensor) -> dict[str, float]:
         """Batch-1 latency (ms, after warm-up, synchronised) and images/s at `batch`'s size."""
@@ -225,26 +271,37 @@ def build_module(
     )
 
 
+def read_checkpoint(
+    ckpt_path: str | Path, map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """The content of a checkpoint written by brainseg.train; a ValueError naming the file and
+    what it should be when it is anything else."""
+    path = Path(ckpt_path)
+    what = (
+        "give a checkpoint that brainseg.train wrote, <run_dir>/checkpoints/best.ckpt or last.ckpt"
+    )
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist: {what}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as error:  # torch.load raises whatever its unpickler meets
+        raise ValueError(
+            f"checkpoint {path} is not a readable PyTorch checkpoint "
+            f"({type(error).__name__}: {error}); it may be truncated or another kind of file: "
+            f"{what}"
+        ) from error
+    if not isinstance(checkpoint, dict) or not checkpoint.get("hyper_parameters", {}).get("config"):
+        raise ValueError(f"checkpoint {path} holds no brainseg run configuration: {what}")
+    return checkpoint
+
+
 def load_module(
     ckpt_path: str | Path, map_location: str | torch.device = "cpu"
 ) -> SegmentationModule:
     """Rebuilds a trained `SegmentationModule` from its checkpoint alone, in eval mode."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"checkpoint {path} does not exist; runs keep theirs in <run_dir>/checkpoints/"
-            " (best.ckpt, last.ckpt)"
-        )
-    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-    config = checkpoint.get("hyper_parameters", {}).get("config")
-    if not config:
-        raise ValueError(
-            f"checkpoint {path} holds no brainseg run configuration: "
-            "only checkpoints written by brainseg.train can be loaded"
-        )
+    checkpoint = read_checkpoint(ckpt_path, map_location)
+    config = checkpoint["hyper_parameters"]["config"]
     config["trainer"]["compile"] = False
     module = build_module(config, load_pretrained=False)
-    # Checkpoints of earlier versions also held the forward wrapper's copy of the weights.
-    state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("_forward.")}
-    module.load_state_dict(state)
+    module.load_state_dict(checkpoint["state_dict"])
     return module.eval()

@@ -27,7 +27,9 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from brainseg import CONF_DIR
 from brainseg.atomic import write_csv, write_json
-from brainseg.module import build_module
+from brainseg.callbacks import AtomicCheckpointIO
+from brainseg.models.input_size import check_image_size
+from brainseg.module import build_module, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +148,28 @@ def build_trainer(cfg: DictConfig, loggers: list[Logger]) -> pl.Trainer:
         trainer_cfg.get("precision"), str(trainer_cfg.get("accelerator", "auto"))
     )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    return instantiate(trainer_cfg, logger=loggers or False, callbacks=callbacks)
+    return instantiate(
+        trainer_cfg,
+        logger=loggers or False,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+    )
+
+
+def debug_reason(trainer_cfg: DictConfig) -> str | None:
+    """Why a run's settings make it something other than a full training run, or None."""
+    if trainer_cfg.get("fast_dev_run"):
+        return f"fast_dev_run={trainer_cfg.fast_dev_run}"
+    if trainer_cfg.get("max_epochs") == 0:
+        return "max_epochs=0"
+    if trainer_cfg.get("max_steps", -1) not in (None, -1):
+        return f"max_steps={trainer_cfg.max_steps}"
+    if trainer_cfg.get("overfit_batches"):
+        return f"overfit_batches={trainer_cfg.overfit_batches}"
+    for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
+        if trainer_cfg.get(key) not in (None, 1.0):
+            return f"{key}={trainer_cfg[key]}"
+    return None
 
 
 def pin_ddp_workers_to_this_job() -> None:
@@ -170,7 +193,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fits the configured network, tests its best checkpoint and writes the run's records.
 
     Writes into `cfg.paths.output_dir`: `metrics.json`, `per_image.csv`, `split.csv`,
-    `checkpoints/{best,last}.ckpt` and `csv/metrics.csv` (per-epoch log).
+    `checkpoints/{best,last}.ckpt` and `csv/metrics.csv` (per-epoch log). Runs whose settings
+    stop short of full training (fast_dev_run, limited batches, ...) are recorded with status
+    "debug", not "ok".
 
     Returns:
         The content of `metrics.json`.
@@ -186,8 +211,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     if "ddp" in str(cfg.trainer.get("strategy", "")):
         pin_ddp_workers_to_this_job()
+    # Every check that needs no data before any data is cached or downloaded.
+    if cfg.get("ckpt_path"):
+        read_checkpoint(cfg.ckpt_path)
     datamodule = instantiate(cfg.data)
     module = build_module(cfg)
+    check_image_size(datamodule.image_size, getattr(module.net, "multiple", 1), cfg.model.name)
     trainer = build_trainer(cfg, build_loggers(cfg, output_dir))
 
     if cfg.get("fit", True):
@@ -210,12 +239,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             for key, value in trainer.callback_metrics.items()
             if key.startswith("test/")
         }
+    debug = debug_reason(cfg.trainer) if cfg.get("fit", True) else None
+    if debug is None and cfg.get("fit", True) and trainer.current_epoch < trainer.max_epochs:
+        debug = f"stopped after {trainer.current_epoch} of {trainer.max_epochs} epochs"
     record = {
-        "status": "ok",
+        # Only "ok" runs are results: the report leaves the others out unless asked.
+        "status": "ok" if debug is None else "debug",
+        "debug": debug,
         "model": cfg.model.get("name"),
         "seed": int(cfg.seed),
         "fold": cfg.data.get("fold"),
-        "split": cfg.data.get("split"),
+        "split": datamodule.split_mode,  # patient or image: what was used, never auto
         "image_size": cfg.data.get("image_size"),
         "params": sum(p.numel() for p in module.net.parameters()),
         "epochs": trainer.current_epoch if cfg.get("fit", True) else None,

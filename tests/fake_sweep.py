@@ -36,10 +36,15 @@ def make_sweep(
     wandb: bool = False,
     with_pids: bool = True,
     folds: Sequence[int] = (),
+    debug: Sequence[tuple] = (),
+    split: str = "patient",
+    tumor_free: int = 0,
 ) -> Path:
     """A sweep `model=... seed=...` (and `data.fold=...` with `folds`: each fold tests other
-    slices and patients) under `root`; returns `root`. `missing` and `failed` name (model, seed)
-    or, with folds, (model, seed, fold)."""
+    slices and patients) under `root`; returns `root`. `missing`, `failed` and `debug` (runs
+    that record `"status": "debug"`) name (model, seed) or, with folds, (model, seed, fold).
+    The last `tumor_free` slices of each test set have no tumor; the runs then record
+    dice_tumor, empty_correct and fp_lesions_per_empty, as brainseg.train does."""
     root.mkdir(parents=True, exist_ok=True)
     logger = {"wandb": {"project": "brainseg-test", "entity": None}} if wandb else {}
     task = [f"model={','.join(models)}", f"seed={','.join(map(str, seeds))}"]
@@ -76,9 +81,15 @@ def make_sweep(
             )
             continue
         per_image = _per_image(model, seed, n_images, n_patients, dice, with_pids, fold or 0)
-        per_image.to_csv(job / "per_image.csv", index=False)
+        if tumor_free:
+            per_image = _without_tumor(per_image, tumor_free)
+        per_image.drop(columns="fp_lesions", errors="ignore").to_csv(
+            job / "per_image.csv", index=False
+        )
         _history(model, seed, epochs).to_csv(_mkdir(job / "csv") / "metrics.csv", index=False)
-        record = _metrics(model, seed, per_image, epochs) | {"fold": fold}
+        record = _metrics(model, seed, per_image, epochs) | {"fold": fold, "split": split}
+        if key in debug:
+            record |= {"status": "debug", "debug": "trainer.max_epochs=0"}
         (job / "metrics.json").write_text(json.dumps(record))
     return root
 
@@ -106,8 +117,30 @@ def _per_image(model, seed, n_images, n_patients, dice, with_pids, fold) -> pd.D
     return pd.DataFrame(rows)
 
 
+def _without_tumor(per_image: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The last n slices become tumor-free; every other one of them gets a false positive."""
+    frame = per_image.copy()
+    rows = frame.index[-n:]
+    hit = np.arange(n) % 2 == 1
+    frame.loc[rows, ["label", "lesions", "lesions_detected", "true_area"]] = 0
+    frame.loc[rows, "pred_area"] = np.where(hit, 20, 0)
+    for column in ("dice", "precision", "recall"):
+        frame.loc[rows, column] = np.where(hit, 0.0, 1.0)
+    frame["fp_lesions"] = 0  # for _metrics only; per_image.csv has no such column
+    frame.loc[rows, "fp_lesions"] = np.where(hit, 2, 0)
+    return frame
+
+
 def _metrics(model, seed, per_image: pd.DataFrame, epochs: int) -> dict:
     ms = BASE_MS.get(model, 8.0) + 0.1 * seed
+    empty = per_image["true_area"] == 0
+    extra = {}
+    if empty.any():
+        extra = {
+            "dice_tumor": float(per_image.loc[~empty, "dice"].mean()),
+            "empty_correct": float((per_image.loc[empty, "pred_area"] == 0).mean()),
+            "fp_lesions_per_empty": float(per_image.loc[empty, "fp_lesions"].mean()),
+        }
     return {
         "status": "ok",
         "model": model,
@@ -136,6 +169,7 @@ def _metrics(model, seed, per_image: pd.DataFrame, epochs: int) -> dict:
             "inference_ms_std": 0.1,
             "inference_ms_median": ms,
             "images_per_s": 1000 / ms,
+            **extra,
         },
     }
 

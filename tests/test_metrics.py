@@ -6,11 +6,13 @@ from torchmetrics.classification import BinaryF1Score
 from torchmetrics.utilities.data import dim_zero_sum
 
 from brainseg.metrics import (
+    FalsePositiveLesionsPerEmpty,
     LesionRecall,
     PerImageDice,
     PooledDice,
     PooledPrecision,
     PooledRecall,
+    build_empty_slice_metrics,
     build_metrics,
     label_components,
     lesion_counts,
@@ -117,10 +119,11 @@ def test_empty_mask_convention():
     metric = PerImageDice()
     metric.update(logits, target)
     assert metric.compute().item() == pytest.approx(1 / 3)
-    # nothing to miss: lesion recall is 1, not NaN
-    lesion_recall = LesionRecall()
-    lesion_recall.update(logits[:2], target[:2])
-    assert lesion_recall.compute().item() == 1.0
+    # no lesion in anything seen: 1 when nothing is predicted either, else 0 (never NaN)
+    for n_images, expected in [(1, 1.0), (2, 0.0)]:
+        lesion_recall = LesionRecall()
+        lesion_recall.update(logits[:n_images], target[:n_images])
+        assert lesion_recall.compute().item() == expected
 
 
 def test_per_image_dice_is_mean_over_images_across_batches():
@@ -238,6 +241,10 @@ def test_states_are_sums():
     for metric in build_metrics().values():
         assert metric.full_state_update is False and metric.higher_is_better is True
         assert all(fn is dim_zero_sum for fn in metric._reductions.values())
+    for name, metric in build_empty_slice_metrics().items():
+        assert metric.full_state_update is False
+        assert metric.higher_is_better is (name != "fp_lesions_per_empty")
+        assert all(fn is dim_zero_sum for fn in metric._reductions.values())
 
 
 # ---------------------------------------------------------------- connected components
@@ -298,6 +305,8 @@ def test_clone_prefix():
         (lambda: LesionRecall(min_overlap=1.0), "1.0"),
         (lambda: LesionRecall(min_overlap=-0.1), "-0.1"),
         (lambda: LesionRecall(method="cupy"), "cupy"),
+        (lambda: FalsePositiveLesionsPerEmpty(connectivity=6), "6"),
+        (lambda: FalsePositiveLesionsPerEmpty(method="cupy"), "cupy"),
     ],
 )
 def test_bad_arguments_raise_with_value(build, bad):
@@ -310,7 +319,7 @@ def test_bad_arguments_raise_with_value(build, bad):
     [((2, 1, 8, 8), (2, 1, 8, 4)), ((2, 2, 8, 8), (2, 2, 8, 8)), ((2, 8, 8), (2, 8, 8))],
 )
 def test_bad_shapes_raise_with_shapes(logits_shape, target_shape):
-    for metric in build_metrics().values():
+    for metric in [*build_metrics().values(), *build_empty_slice_metrics().values()]:
         with pytest.raises(ValueError) as err:
             metric.update(torch.zeros(logits_shape), torch.zeros(target_shape))
         assert str(logits_shape) in str(err.value)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from brainseg.report import build_report, load_sweep
 from brainseg.report.__main__ import main
 from brainseg.report.collect import expected_jobs
 from brainseg.report.stats import bootstrap_ratio, paired_stats
+from brainseg.report.table import EMPTY_SLICE_METRICS, TABLE_METRICS
 
 from .fake_sweep import BASE_DICE, make_sweep
 from .smoke_sweep import smoke_sweep_dir
@@ -86,7 +88,7 @@ def test_cli_prints_where_the_report_went(tmp_path, capsys):
     assert main([str(sweep), "--no-wandb", "--no-qualitative", "--resamples", "200"]) == 0
     out, err = capsys.readouterr()
     assert str(sweep / "report" / "stats.md") in out
-    assert "1 job(s) missing or failed" in err
+    assert "1 job(s) missing, failed or incomplete" in err
     assert main([str(tmp_path / "nowhere")]) == 2
 
 
@@ -219,3 +221,118 @@ def test_cross_validation_folds_are_aggregated_like_seeds(tmp_path):
     overall = stats[(stats["subset"] == "all") & (stats["metric"] == "dice")].iloc[0]
     # Each fold tests its own slices: the pairs are the union over the folds both models ran.
     assert overall["n_images"] == 24 and overall["n_clusters"] == 8
+
+
+# ---------------------------------------------------------------- only complete jobs count
+
+
+def _report(sweep: Path, *args: str) -> tuple[str, str, pd.DataFrame]:
+    """Runs the CLI; returns table.md, stats.md and table.csv."""
+    assert main([str(sweep), "--no-wandb", "--no-qualitative", "--resamples", "100", *args]) == 0
+    out = sweep / "report"
+    table = pd.read_csv(out / "table.csv", index_col="metric")
+    return (out / "table.md").read_text(), (out / "stats.md").read_text(), table
+
+
+def _printed_ns(table_md: str, stats_md: str) -> dict[str, set[int]]:
+    """Every n the report prints per model: table headers and the stats' run counts."""
+    ns: dict[str, set[int]] = {}
+    for model, n in re.findall(r"\| (unet|fpn) \(n=(\d+)\)", table_md):
+        ns.setdefault(model, set()).add(int(n))
+    for model, n in re.findall(r"(unet|fpn): (\d+) runs?", stats_md):
+        ns.setdefault(model, set()).add(int(n))
+    return ns
+
+
+def test_a_job_without_per_image_csv_is_listed_and_left_out_everywhere(tmp_path):
+    # Observed: stats.md silently dropped the job and still said "fpn: 3 runs".
+    sweep = make_sweep(tmp_path / "sweep", seeds=(0, 1, 2))
+    (sweep / "4" / "per_image.csv").unlink()  # fpn seed=1
+    table_md, stats_md, table = _report(sweep)
+    assert "INCOMPLETE: fpn seed=1 (4/): per_image.csv missing" in table_md
+    assert "INCOMPLETE: fpn seed=1 (4/)" in stats_md
+    assert _printed_ns(table_md, stats_md) == {"unet": {3}, "fpn": {2}}
+    used = [
+        r["test"]["dice"] for r in _job_records(sweep) if r["model"] == "fpn" and r["seed"] != 1
+    ]
+    assert table.loc["dice", "fpn_n"] == 2
+    assert table.loc["dice", "fpn_mean"] == pytest.approx(np.mean(used))
+
+
+def test_a_truncated_file_names_itself_and_never_aborts_the_report(tmp_path):
+    # Observed: one truncated metrics.json aborted the report with a bare JSON error.
+    sweep = make_sweep(tmp_path / "sweep", seeds=(0, 1, 2))
+    text = (sweep / "1" / "metrics.json").read_text()
+    (sweep / "1" / "metrics.json").write_text(text[: len(text) // 2])
+    text = (sweep / "5" / "per_image.csv").read_text()
+    (sweep / "5" / "per_image.csv").write_text(text[: text.rindex(",")])  # cut in the last row
+    (sweep / "3" / ".hydra" / "config.yaml").write_text("model: {name: [fpn\n")
+    (sweep / "2" / "error.txt").write_text("Traceback (most recent call last):\nOSError: disk\n")
+    (sweep / "2" / "metrics.json").write_text("{")  # a crash while writing: error.txt wins
+    table_md, stats_md, table = _report(sweep)
+    assert "Incomplete sweep: 4 of 6 jobs" in table_md
+    assert "INCOMPLETE: unet seed=1 (1/): metrics.json unreadable (JSONDecodeError" in table_md
+    assert "INCOMPLETE: fpn seed=2 (5/): per_image.csv has blank values on 1 row(s)" in table_md
+    assert "INCOMPLETE: fpn seed=0 (3/): .hydra/config.yaml unreadable" in table_md
+    assert "FAILED: unet seed=2 (2/): OSError: disk" in table_md
+    assert _printed_ns(table_md, stats_md) == {"unet": {1}, "fpn": {1}}
+    assert table.loc["dice", "unet_n"] == 1 and table.loc["dice", "fpn_n"] == 1
+
+
+def test_debug_runs_are_listed_and_averaged_only_when_asked(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep", seeds=(0, 1), debug=[("unet", 0)])
+    table_md, stats_md, table = _report(sweep)
+    line = "DEBUG: unet seed=0 (0/): no full training (trainer.max_epochs=0)"
+    assert line in table_md and "left out of the numbers below" in table_md
+    assert "Incomplete sweep" not in table_md
+    assert _printed_ns(table_md, stats_md) == {"unet": {1}, "fpn": {2}}
+    unet = [r["test"]["dice"] for r in _job_records(sweep) if r["model"] == "unet"]
+    assert table.loc["dice", "unet_mean"] == pytest.approx(unet[1])
+
+    table_md, stats_md, table = _report(sweep, "--include-debug")
+    assert line in table_md and "included (--include-debug)" in table_md
+    assert _printed_ns(table_md, stats_md) == {"unet": {2}, "fpn": {2}}
+    assert table.loc["dice", "unet_mean"] == pytest.approx(np.mean(unet))
+
+
+def test_the_split_is_shown_and_a_mixed_split_is_a_warning(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep")
+    assert "Split: by patient." in _report(sweep)[0]
+    record = json.loads((sweep / "3" / "metrics.json").read_text())
+    (sweep / "3" / "metrics.json").write_text(json.dumps(record | {"split": "image"}))
+    table_md = _report(sweep)[0]
+    assert "Split: by patient." not in table_md
+    assert "different splits (by patient: unet seed=0, unet seed=1, fpn seed=0; " in table_md
+    assert "by image: fpn seed=1)" in table_md
+
+
+def test_empty_slice_rows_appear_only_when_a_run_recorded_them(tmp_path):
+    table = _report(make_sweep(tmp_path / "tumors"))[2]
+    assert tuple(table.index) == TABLE_METRICS
+
+    sweep = make_sweep(tmp_path / "empty", seeds=(0, 1, 2), tumor_free=12)
+    table_md, _, table = _report(sweep)
+    assert set(EMPTY_SLICE_METRICS) < set(table.index)
+    for model in ("unet", "fpn"):
+        frames = [
+            pd.read_csv(p)
+            for p in sorted(sweep.glob("*/per_image.csv"))
+            if json.loads((p.parent / "metrics.json").read_text())["model"] == model
+        ]
+        dice_tumor = [f.loc[f["true_area"] > 0, "dice"].mean() for f in frames]
+        empty_correct = [(f.loc[f["true_area"] == 0, "pred_area"] == 0).mean() for f in frames]
+        assert table.loc["dice_tumor", f"{model}_mean"] == pytest.approx(np.mean(dice_tumor))
+        assert table.loc["empty_correct", f"{model}_mean"] == pytest.approx(np.mean(empty_correct))
+        assert table.loc["fp_lesions_per_empty", f"{model}_mean"] == pytest.approx(1.0)
+    assert "| Dice (tumor slices) |" in table_md and "tumor-free slices" in table_md
+
+
+def test_a_metric_fewer_runs_recorded_shows_its_own_n(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep", seeds=(0, 1, 2))
+    record = json.loads((sweep / "0" / "metrics.json").read_text())
+    del record["test"]["inference_ms"]
+    (sweep / "0" / "metrics.json").write_text(json.dumps(record))
+    table_md, _, table = _report(sweep)
+    assert table.loc["inference_ms", "unet_n"] == 2 and table.loc["dice", "unet_n"] == 3
+    row = next(line for line in table_md.splitlines() if line.startswith("| Inference"))
+    assert "(n=2)" in row.split("|")[2]

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from brainseg import CONF_DIR
-from brainseg.data.sources import LABEL_NAMES
+from brainseg.data.sources import LABEL_NAMES, Source
 from brainseg.data.splits import SUBSETS, resolve_mode
 
 
@@ -76,9 +76,8 @@ def info(cfg: DictConfig) -> int:
         + ", ".join(f"{'3+' if k == 3 else k}: {c}" for k, c in zip(n_les, c_les, strict=True))
     )
     table = datamodule.split_table()
-    mode = resolve_mode(datamodule.split, data.pids)
     fold = f", test = fold {datamodule.fold}" if datamodule.fold is not None else ""
-    print(f"split ({mode}, split_seed {datamodule.split_seed}{fold}):")
+    print(f"split ({datamodule.split_mode}, split_seed {datamodule.split_seed}{fold}):")
     for name in SUBSETS:
         group = table[table["subset"] == name]
         pids = group["pid"][group["pid"] != ""].nunique()
@@ -90,13 +89,37 @@ def verify(cfg: DictConfig) -> int:
     source = instantiate(cfg.data.source)
     print(f"checking {type(source).__name__} at {cfg.data.get('root')}")
     problems = source.verify()
+    try:
+        split, problem = split_summary(source, cfg.data.split)
+    except ValueError as error:
+        # The pids are unreadable, for a reason that verify has listed (else list it here).
+        split = "split: unknown until the problems above are fixed"
+        problem = None if problems else str(error)
+    problems += [problem] if problem else []
     for line in problems:
         print(f"PROBLEM {line}")
+    print(split)
     if problems:
         print(f"{len(problems)} problem(s) found")
         return 1
     print(f"OK: {len(source)} image/mask pairs, all readable, sizes match, masks binary")
     return 0
+
+
+def split_summary(source: Source, requested: str) -> tuple[str, str | None]:
+    """A line on the split that `requested` gives on `source`, and the problem that stops it."""
+    pids = source.patient_ids()
+    try:
+        mode = resolve_mode(requested, list(pids), list(pids.values()), source.pid_file)
+    except ValueError as error:
+        return f"split: data.split={requested} cannot split this data", str(error)
+    if mode == "patient":
+        detail = f"{len(set(pids.values()))} patients"
+    elif requested == "auto":
+        detail = "no slice has a patient id: slices of one patient may land in different subsets"
+    else:
+        detail = "per slice, as asked"
+    return f"split: data.split={requested} splits by {mode} ({detail})", None
 
 
 COMMANDS = {"prepare": prepare, "info": info, "verify": verify}

@@ -17,8 +17,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from brainseg.data.batch_augment import BatchAugment
 from brainseg.data.cache import CachedData, build_cache, load_cache
+from brainseg.data.sampler import EpochSampler, derive_seed
 from brainseg.data.sources import Source
-from brainseg.data.splits import SUBSETS, make_split, write_split_csv
+from brainseg.data.splits import (
+    SUBSETS,
+    check_fractions,
+    make_split,
+    resolve_mode,
+    write_split_csv,
+)
 from brainseg.data.transforms import SegmentationTransform, build_transforms, uint8_tensors
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -33,7 +40,7 @@ class SliceDataset(Dataset):
         self,
         data: CachedData,
         index: np.ndarray,
-        transform: SegmentationTransform | Callable[[np.ndarray, np.ndarray], tuple],
+        transform: SegmentationTransform | Callable[..., tuple],
     ):
         # Views into the shared arrays plus an index: no copy, and forked workers share them.
         self.images, self.masks, self.index = data.images, data.masks, index
@@ -45,25 +52,34 @@ class SliceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """Item `key`, or `(key, seed)` from `EpochSampler`: augmented with that seed."""
+        i, seed = key if isinstance(key, tuple) else (key, None)
         j = self.index[i]
-        image, mask = self.transform(self.images[j], self.masks[j])
-        return {
+        image, mask = self.transform(self.images[j], self.masks[j], seed=seed)
+        item = {
             "image": image,
             "mask": mask,
             "id": self.ids[i],
             "pid": self.pids[i],
             "label": self.labels[i],
         }
+        if seed is not None:
+            item["seed"] = seed
+        return item
 
 
 class BrainTumorDataModule(pl.LightningDataModule):
     """Serves a source's slices at `image_size`, split into train/val/test.
 
     Batches are dicts: image (B, C, H, W) float32, mask (B, 1, H, W) float32 in {0, 1},
-    id and pid (lists of str), label (B,) int64 (0 when unknown). With the augmentation on the
-    device, the training loader yields uint8 image and mask (B, 1, H, W), which
-    `on_after_batch_transfer` augments and normalises once they are on the model's device.
+    id and pid (lists of str), label (B,) int64 (0 when unknown); training batches also carry
+    each sample's augmentation seed, seed (B,) int64. With the augmentation on the device, the
+    training loader yields uint8 image and mask (B, 1, H, W), which `on_after_batch_transfer`
+    augments and normalises once they are on the model's device.
+
+    The training order and every augmentation of an epoch depend on (seed, epoch) alone (see
+    `EpochSampler`): the same whatever the number of workers, and after a resume.
 
     Args:
         source: where the slices come from (figshare, folder, synthetic).
@@ -73,6 +89,7 @@ class BrainTumorDataModule(pl.LightningDataModule):
         split: "auto", "patient" or "image" (see `make_split`).
         fractions: train/val/test shares.
         split_seed: seed of the split, independent of the training seed.
+        seed: the training seed, which fixes the order and augmentation of every epoch.
         fold: 1..5 to test on one cross-validation fold, None for the fractions split.
         batch_size: training batch size; eval_batch_size defaults to it.
         augment: augmentation settings (see `build_transforms`).
@@ -92,6 +109,7 @@ class BrainTumorDataModule(pl.LightningDataModule):
         split: str = "auto",
         fractions: Sequence[float] = (0.7, 0.15, 0.15),
         split_seed: int = 42,
+        seed: int = 0,
         fold: int | None = None,
         batch_size: int = 16,
         eval_batch_size: int | None = None,
@@ -112,6 +130,7 @@ class BrainTumorDataModule(pl.LightningDataModule):
         self.split = split
         self.fractions = tuple(float(f) for f in _plain(fractions))
         self.split_seed = int(split_seed)
+        self.seed = int(seed)
         self.fold = fold
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
@@ -121,6 +140,17 @@ class BrainTumorDataModule(pl.LightningDataModule):
         self.augment = _plain(augment) or {}
         self.mean, self.std = list(_plain(mean)), list(_plain(std))
         self.root = root
+        for key, value in (
+            ("batch_size", self.batch_size),
+            ("eval_batch_size", self.eval_batch_size),
+        ):
+            if value < 1:
+                raise ValueError(f"data.{key}={value} must be a positive number of slices")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers={num_workers} must be 0 (main process) or more")
+        if fold is not None and (not isinstance(fold, int) or fold < 1):
+            raise ValueError(f"data.fold={fold} must be a fold number (1..5) or null")
+        check_fractions(self.fractions)
         if augment_on not in AUGMENT_ON:
             raise ValueError(
                 f"data.augment_on={augment_on!r} is not one of {', '.join(AUGMENT_ON)}"
@@ -131,6 +161,8 @@ class BrainTumorDataModule(pl.LightningDataModule):
         self.batch_augment = BatchAugment(self.augment, self.in_channels, self.mean, self.std)
         self.data: CachedData | None = None
         self.subsets: np.ndarray | None = None
+        # The split `setup()` made, "patient" or "image" (never "auto"): what metrics record.
+        self.split_mode: str | None = None
         self.datasets: dict[str, SliceDataset] = {}
 
     def prepare_data(self) -> None:
@@ -143,10 +175,13 @@ class BrainTumorDataModule(pl.LightningDataModule):
         if self.data is not None:
             return
         self.data = load_cache(build_cache(self.source, self.image_size, self.cache_dir))
+        self.split_mode = resolve_mode(
+            self.split, self.data.ids, self.data.pids, pid_file=self.source.pid_file
+        )
         self.subsets = make_split(
             self.data.ids,
             self.data.pids,
-            mode=self.split,
+            mode=self.split_mode,
             fractions=self.fractions,
             seed=self.split_seed,
             fold=self.fold,
@@ -171,14 +206,16 @@ class BrainTumorDataModule(pl.LightningDataModule):
             return self.trainer.strategy.root_device.type == "cuda"
         return torch.cuda.is_available()
 
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """One seed for a uint8 training batch's augmentation on the device, from its samples'."""
+        if batch["image"].dtype == torch.uint8:
+            batch["seed"] = derive_seed(*batch["seed"].tolist())  # on the host: no device sync
+        return batch
+
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Augment and normalise the uint8 training batches of `augment_on=device`."""
         if batch["image"].dtype == torch.uint8:
-            # Seeded from the global generator (reseeded by (seed, epoch)) and the rank, so that
-            # DDP processes, which share the global seed, draw different augmentations.
-            rank = self.trainer.global_rank if self.trainer is not None else 0
-            seed = int(torch.randint(2**62, (1,))) + rank
-            generator = torch.Generator().manual_seed(seed)
+            generator = torch.Generator().manual_seed(batch["seed"])
             batch["image"], batch["mask"] = self.batch_augment(
                 batch["image"], batch["mask"], generator=generator
             )
@@ -188,22 +225,32 @@ class BrainTumorDataModule(pl.LightningDataModule):
         if not self.datasets:
             self.setup()
         dataset = self.datasets[subset]
-        workers = self.num_workers
-        sampler = None
-        if not shuffle and dist.is_available() and dist.is_initialized():
+        if shuffle:
+            # Shuffled and augmented by (seed, epoch), each process its share (under DDP).
+            trainer = self.trainer
+            world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+            sampler = EpochSampler(dataset, self.seed, num_replicas=world, rank=rank)
+            # Lightning makes the first epoch's iterator (and workers fetch from it) before it
+            # calls `set_epoch`, and before a resumed run's `current_epoch` counts the epoch the
+            # checkpoint ended: give the sampler the epoch that Lightning is about to set.
+            sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed if trainer else 0)
+        elif dist.is_available() and dist.is_initialized():
             # Lightning's DistributedSampler pads the evaluation sets with repeated slices to
             # equal shares; this one gives each slice to exactly one process, so that summed
-            # metrics are exact whatever the number of processes (it leaves training alone).
+            # metrics are exact whatever the number of processes.
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
+        else:
+            sampler = None
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
             sampler=sampler,
             drop_last=shuffle and len(dataset) > batch_size,
-            num_workers=workers,
+            num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.persistent_workers and workers > 0,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            # Nothing left to draw from torch's global generator (the workers' base seed).
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -232,9 +279,9 @@ class BrainTumorDataModule(pl.LightningDataModule):
         )
 
     def write_split(self, path: str | os.PathLike) -> Path:
-        """Write split.csv (id, pid, subset) to `path`."""
+        """Write split.csv (id, pid, subset, split = "patient" or "image") to `path`."""
         table = self.split_table()
-        return write_split_csv(path, table["id"], table["pid"], table["subset"])
+        return write_split_csv(path, table["id"], table["pid"], table["subset"], self.split_mode)
 
     def subset_sizes(self) -> dict[str, int]:
         """Slices per subset."""

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from brainseg.data.sources import Sample, Source, check_pair, is_binary, natural_key
+from brainseg.data.sources import Sample, Source, check_pair, first_few, is_binary, natural_key
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 LOSSY_SUFFIXES = (".jpg", ".jpeg")
@@ -23,12 +23,15 @@ class FolderSource(Source):
 
     Masks hold 0 for background and 255 (or 1) for tumor; an all-zero mask is a slice
     without tumor. An optional `root/metadata.csv` with columns `sample_id,pid[,label][,fold]`
-    gives patient ids (for patient splits), tumor types and cross-validation folds.
+    gives patient ids (for patient splits), tumor types and cross-validation folds; each of
+    its rows must name an image (sample_id = file stem), once. Images without a row have no
+    pid, which only `data.split=image` accepts (see `resolve_mode`).
     Ids are ordered naturally (2 before 10).
     """
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
+        self.pid_file = self.root / "metadata.csv"
         self._pairs: list[tuple[str, Path, Path]] | None = None
         self._meta: dict[str, dict] | None = None
 
@@ -63,10 +66,23 @@ class FolderSource(Source):
         return images, masks
 
     def metadata(self) -> dict[str, dict]:
-        """Per id: pid, label and fold from metadata.csv (empty when there is none)."""
+        """Per id: pid, label and fold from metadata.csv (empty when there is none).
+
+        Raises when a row names no image or a sample_id has more than one row.
+        """
         if self._meta is None:
-            self._meta = read_metadata(self.root / "metadata.csv")
+            rows = read_metadata(self.pid_file)
+            problems = metadata_problems(self.pid_file, rows, self._scan()[0])
+            if problems:
+                raise ValueError("\n".join(problems))
+            self._meta = {sid: fields for _, sid, fields in rows}
         return self._meta
+
+    def patient_ids(self) -> dict[str, str]:
+        # From metadata.csv alone: no image is read (verify calls it on broken folders).
+        meta = self.metadata()
+        ids = sorted(self._scan()[0], key=natural_key)
+        return {sid: meta.get(sid, {}).get("pid", "") for sid in ids}
 
     def __len__(self) -> int:
         return len(self.pairs())
@@ -86,15 +102,16 @@ class FolderSource(Source):
 
     def cache_key(self) -> str:
         # File names, sizes and modification times, and the metadata: cheap to compute and
-        # changes whenever a file is added, removed or rewritten.
+        # changes whenever a file is added, removed or rewritten. The metadata is checked here
+        # too, so that a cache converted before a check existed is not used with bad rows.
+        self.metadata()
         digest = hashlib.sha1()
         for sid, image_path, mask_path in self.pairs():
             for path in (image_path, mask_path):
                 stat = path.stat()
                 digest.update(f"{sid}|{path.name}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-        metadata = self.root / "metadata.csv"
-        if metadata.exists():
-            digest.update(metadata.read_bytes())
+        if self.pid_file.exists():
+            digest.update(self.pid_file.read_bytes())
         return f"folder:{digest.hexdigest()}"
 
     def folds(self) -> dict[str, int] | None:
@@ -105,7 +122,8 @@ class FolderSource(Source):
         return {i: meta[i]["fold"] for i in ids}
 
     def verify(self) -> list[str]:
-        """Every problem of the folder: unpaired files, unreadable files, sizes, mask values."""
+        """Every problem of the folder: unpaired files, unreadable files, sizes, mask values,
+        metadata rows that name no image or repeat a sample_id."""
         images, masks = self._scan()
         problems = unpaired(images, masks)
         both = sorted(set(images) & set(masks), key=natural_key)
@@ -117,7 +135,7 @@ class FolderSource(Source):
                 continue
             problems += check_pair(image, mask, f"{images[sid]} / {masks[sid]}")
         try:
-            self.metadata()
+            problems += metadata_problems(self.pid_file, read_metadata(self.pid_file), images)
         except ValueError as error:
             problems.append(str(error))
         return problems
@@ -172,10 +190,10 @@ def read_mask(path: Path) -> np.ndarray:
     return mask
 
 
-def read_metadata(path: Path) -> dict[str, dict]:
-    """{sample_id: {"pid", "label", "fold"}} from metadata.csv; {} when the file is absent."""
+def read_metadata(path: Path) -> list[tuple[int, str, dict]]:
+    """(line, sample_id, {"pid", "label", "fold"}) per row of metadata.csv; [] when absent."""
     if not path.exists():
-        return {}
+        return []
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         columns = reader.fieldnames or []
@@ -184,10 +202,10 @@ def read_metadata(path: Path) -> dict[str, dict]:
                 f"{path} has columns {columns}; it needs sample_id,pid[,label][,fold] "
                 "(sample_id = the file stem)"
             )
-        meta = {}
+        rows = []
         for line, row in enumerate(reader, start=2):
             try:
-                meta[row["sample_id"].strip()] = {
+                fields = {
                     "pid": (row["pid"] or "").strip(),
                     "label": int(row.get("label") or 0),
                     "fold": int(row.get("fold") or 0),
@@ -196,4 +214,30 @@ def read_metadata(path: Path) -> dict[str, dict]:
                 raise ValueError(
                     f"{path}, line {line}: {error}; label and fold must be integers"
                 ) from error
-    return meta
+            rows.append((line, (row["sample_id"] or "").strip(), fields))
+    return rows
+
+
+def metadata_problems(
+    path: Path, rows: list[tuple[int, str, dict]], images: dict[str, Path]
+) -> list[str]:
+    """One line for the sample_ids on more than one row, one for the rows naming no image."""
+    lines: dict[str, list[int]] = {}
+    for line, sid, _ in rows:
+        lines.setdefault(sid, []).append(line)
+    problems = []
+    repeated = [f"{sid} (lines {', '.join(map(str, n))})" for sid, n in lines.items() if len(n) > 1]
+    if repeated:
+        problems.append(
+            f"{path}: {len(repeated)} sample_id(s) on more than one row: {first_few(repeated)}; "
+            "keep one row per image (with several, which pid and label hold is ambiguous)"
+        )
+    stray = [f"line {line} ({sid})" for line, sid, _ in rows if sid not in images]
+    if stray:
+        example = next(iter(images.values()))
+        problems.append(
+            f"{path}: {len(stray)} row(s) name no image in {example.parent}: {first_few(stray)}; "
+            f"sample_id is the image's file stem (e.g. {example.stem} for images/{example.name}): "
+            "correct these rows or remove them"
+        )
+    return problems

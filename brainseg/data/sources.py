@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -28,7 +29,14 @@ class Sample(NamedTuple):
 
 
 class Source(ABC):
-    """A data set of 2D slices with tumor masks, read in a fixed order."""
+    """A data set of 2D slices with tumor masks, read in a fixed order.
+
+    Attributes:
+        pid_file: the file that gives the slices their patient ids (named in split errors
+            and warnings); None when the slices carry them.
+    """
+
+    pid_file: Path | None = None
 
     @abstractmethod
     def __len__(self) -> int: ...
@@ -47,6 +55,10 @@ class Source(ABC):
     def folds(self) -> dict[str, int] | None:
         """Patient-wise cross-validation fold (1..5) per slice id, when the source knows them."""
         return None
+
+    def patient_ids(self) -> dict[str, str]:
+        """{slice id: patient id ("" when unknown)} in source order; reads every slice."""
+        return {sample.meta["id"]: sample.meta["pid"] for sample in self}
 
     def verify(self) -> list[str]:
         """Read every slice and return one line per problem found (empty when all is well)."""
@@ -77,6 +89,12 @@ def is_binary(values: np.ndarray) -> bool:
     allowed = ({0, 1}, {0, 255})
     found = {int(v) for v in values if float(v).is_integer()}
     return len(found) == len(values) and any(found <= a for a in allowed)
+
+
+def first_few(items: Sequence[str], limit: int = 5) -> str:
+    """ "a, b, c" or, past `limit` items, "a, b, c, d, e and 7 more"."""
+    shown = ", ".join(str(i) for i in items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def natural_key(text: str) -> list:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,9 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from brainseg.atomic import write_csv
+from brainseg.data.sources import first_few
 
 SUBSETS = ("train", "val", "test")
 MODES = ("auto", "patient", "image")
+
+log = logging.getLogger(__name__)
 
 
 def make_split(
@@ -32,7 +36,8 @@ def make_split(
         ids: slice ids.
         pids: patient id per slice, "" where unknown.
         mode: "patient" keeps each patient's slices in one subset; "image" splits slices at
-            random; "auto" is "patient" when every pid is known, else "image".
+            random; "auto" is "patient" when every pid is known and "image" when none is
+            (see `resolve_mode`).
         fractions: train, val and test shares, counted in slices; patient splits come as
             close to them as whole patients allow.
         seed: seed of the split.
@@ -43,8 +48,8 @@ def make_split(
     ids, pids = np.asarray(ids, dtype=str), np.asarray(pids, dtype=str)
     if len(ids) != len(pids):
         raise ValueError(f"{len(ids)} ids but {len(pids)} pids: give one pid per slice")
-    fractions = _check_fractions(fractions)
-    mode = resolve_mode(mode, pids)
+    fractions = check_fractions(fractions)
+    mode = resolve_mode(mode, ids, pids)
     groups = pids if mode == "patient" else ids
     subsets = np.empty(len(ids), dtype="<U5")
     if fold is None:
@@ -57,19 +62,65 @@ def make_split(
     return subsets
 
 
-def resolve_mode(mode: str, pids: np.ndarray) -> str:
-    """ "patient" or "image" for a requested mode, checking that patient mode is possible."""
+def resolve_mode(
+    mode: str,
+    ids: Sequence[str],
+    pids: Sequence[str],
+    pid_file: str | os.PathLike | None = None,
+) -> str:
+    """ "patient" or "image" for a requested mode; refuses a split that could leak patients.
+
+    "auto" splits by patient when every slice has a pid, and by image, with a warning, when
+    none has. Some pids blank is an error for "auto" and "patient": a slice without a pid
+    may belong to any patient, so its patient could sit in more than one subset. "image"
+    accepts any pids.
+
+    Args:
+        mode: "auto", "patient" or "image".
+        ids, pids: slice ids and patient ids ("" where unknown); errors name the ids.
+        pid_file: where the pids come from (e.g. metadata.csv), named in errors and warnings.
+    """
     if mode not in MODES:
         raise ValueError(f"split={mode!r} is not one of {', '.join(MODES)}")
-    known = len(pids) > 0 and all(p != "" for p in pids)
-    if mode == "auto":
-        return "patient" if known else "image"
-    if mode == "patient" and not known:
+    if mode == "image":
+        return "image"
+    ids, pids = np.asarray(ids, dtype=str), np.asarray(pids, dtype=str)
+    blank = pids == ""
+    if not blank.any():
+        return "patient"
+    if not blank.all():
+        lead = " needs a patient id for every slice, but" if mode == "patient" else ":"
         raise ValueError(
-            "split=patient needs a patient id for every slice, but some are unknown: add a pid "
-            "column to metadata.csv (sample_id,pid) or use data.split=image"
+            f"split={mode}{lead} {int(blank.sum())} of {len(pids)} slices have no patient id "
+            f"({first_few(ids[blank].tolist())}){_in(pid_file)}"
+            f"{' (no row, or an empty pid)' if pid_file else ''} while the other "
+            f"{int((~blank).sum())} have one, so a patient could land in more than one of "
+            f"train, val and test: {_add_pids(pid_file)}, or pass data.split=image to accept "
+            "a per-slice split"
         )
-    return mode
+    if mode == "patient":
+        raise ValueError(
+            f"split=patient needs a patient id for every slice, but none of the {len(pids)} "
+            f"slices has one{_in(pid_file)}: {_add_pids(pid_file)}, or use data.split=image"
+        )
+    log.warning(
+        "data.split=auto: no slice has a patient id%s, so the split is per slice (by image): "
+        "slices of one patient may land in different subsets (train, val, test). To split by "
+        "patient, %s; to accept the per-slice split and silence this, pass data.split=image",
+        _in(pid_file),
+        _add_pids(pid_file),
+    )
+    return "image"
+
+
+def _in(pid_file: str | os.PathLike | None) -> str:
+    return f" in {pid_file}" if pid_file else ""
+
+
+def _add_pids(pid_file: str | os.PathLike | None) -> str:
+    if pid_file:
+        return f"give every slice a pid in {pid_file} (columns sample_id,pid)"
+    return "give every slice a patient id"
 
 
 def _split_groups(groups: np.ndarray, fractions: np.ndarray, seed: int) -> np.ndarray:
@@ -97,7 +148,7 @@ def _split_groups(groups: np.ndarray, fractions: np.ndarray, seed: int) -> np.nd
     return np.array(SUBSETS)[subset_of_group[inverse]]
 
 
-def _check_fractions(fractions: Sequence[float]) -> np.ndarray:
+def check_fractions(fractions: Sequence[float]) -> np.ndarray:
     array = np.asarray(list(fractions), dtype=float)
     if array.shape != (3,) or (array < 0).any() or not np.isclose(array.sum(), 1.0):
         raise ValueError(
@@ -123,8 +174,20 @@ def _fold_mask(fold: int, folds: Sequence[int] | None, n: int) -> np.ndarray:
 
 
 def write_split_csv(
-    path: str | os.PathLike, ids: Sequence[str], pids: Sequence[str], subsets: Sequence[str]
+    path: str | os.PathLike,
+    ids: Sequence[str],
+    pids: Sequence[str],
+    subsets: Sequence[str],
+    mode: str,
 ) -> Path:
-    """Write `id,pid,subset` rows to `path` (atomically)."""
-    rows = [{"id": i, "pid": p, "subset": s} for i, p, s in zip(ids, pids, subsets, strict=True)]
+    """Write `id,pid,subset,split` rows to `path` (atomically); split is the resolved mode."""
+    if mode not in ("patient", "image"):
+        raise ValueError(
+            f"split={mode!r}: split.csv records the split used, patient or image "
+            "(resolve it with `resolve_mode`)"
+        )
+    rows = [
+        {"id": i, "pid": p, "subset": s, "split": mode}
+        for i, p, s in zip(ids, pids, subsets, strict=True)
+    ]
     return write_csv(path, rows)

@@ -39,9 +39,13 @@ class SegmentationTransform:
             raise ValueError(f"data.std={list(std)} must be positive")
         self._seeded_with: int | None = None
 
-    def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, image: np.ndarray, mask: np.ndarray, seed: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augment with `seed` (`EpochSampler` gives one per sample and epoch), or, without one,
+        with a generator seeded once per process from torch's."""
         if self.augment is not None:
-            self._reseed()
+            self._reseed(seed)
             out = self.augment(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         x = image.astype(np.float32) / 255.0
@@ -49,17 +53,24 @@ class SegmentationTransform:
         y = (mask > 0).astype(np.float32)[None]  # (1, H, W)
         return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
 
-    def _reseed(self) -> None:
+    def _reseed(self, seed: int | None) -> None:
+        if seed is not None:
+            self.augment.set_random_seed(seed)
+            self._seeded_with = None
+            return
         # Albumentations keeps its own generator, which forked workers would share; seed it
-        # from torch's per-worker seed, which Lightning's seed_everything makes reproducible.
+        # from torch's per-worker seed.
         seed = torch.initial_seed() % 2**32
         if seed != self._seeded_with:
             self.augment.set_random_seed(seed)
             self._seeded_with = seed
 
 
-def uint8_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 (H, W) image and {0, 1} mask -> uint8 tensors (1, H, W), for `BatchAugment`."""
+def uint8_tensors(
+    image: np.ndarray, mask: np.ndarray, seed: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (H, W) image and {0, 1} mask -> uint8 tensors (1, H, W), for `BatchAugment` (which
+    draws its random numbers per batch, from the samples' `seed`s)."""
     return torch.from_numpy(image)[None], torch.from_numpy(mask)[None]
 
 

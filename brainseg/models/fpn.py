@@ -82,6 +82,7 @@ class SemanticFPN(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout={dropout} must be in [0, 1)")
         self.in_channels = in_channels
+        self.multiple = 32  # the input's sides must divide by C5's stride
         self.backbone, channels = resnet_features(backbone, in_channels, pretrained, weights_path)
         # Lateral 1x1 convs, nearest top-down upsampling to the lateral's size, addition and a
         # 3x3 smoothing conv per level; extra_blocks=None leaves out P6.
@@ -90,7 +91,7 @@ class SemanticFPN(nn.Module):
 
     def pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
         """P2..P5, each ``fpn_channels`` wide, at strides 4, 8, 16 and 32."""
-        check_input_size(x, 32)
+        check_input_size(x, self.multiple)
         check_channels(x, self.in_channels)
         features = self.backbone(x)
         c2, c3, c4, c5 = features["c2"], features["c3"], features["c4"], features["c5"]

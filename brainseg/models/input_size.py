@@ -35,3 +35,16 @@ def check_channels(x: torch.Tensor, in_channels: int) -> None:
             f"in_channels={in_channels}; set data.in_channels to match the data "
             "(model configs follow it)"
         )
+
+
+def check_image_size(image_size: int, multiple: int, model: str) -> None:
+    """Raise a ValueError, naming `data.image_size` and the nearest valid sizes, unless
+    `image_size` is a positive multiple of the network's `multiple`."""
+    if image_size < 1 or image_size % multiple:
+        below = max(multiple, image_size // multiple * multiple)
+        above = max(multiple, -(-image_size // multiple) * multiple)
+        sizes = f"{below}" if below == above else f"{below} or {above}"
+        raise ValueError(
+            f"data.image_size={image_size}: model {model} needs a multiple of {multiple}; "
+            f"use data.image_size={sizes}"
+        )

@@ -35,6 +35,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=True,
         help="predict the best/median/worst slices with the checkpoints",
     )
+    parser.add_argument(
+        "--include-debug",
+        action="store_true",
+        help="average debug runs (no full training) too; they are listed in the header either way",
+    )
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     return parser.parse_args(argv)
@@ -44,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        sweep = load_sweep(args.sweep_dir)
+        sweep = load_sweep(args.sweep_dir, include_debug=args.include_debug)
         written = build_report(
             sweep,
             reference=args.reference,
@@ -62,9 +67,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:<24} {path}")
     if sweep.problems:
         print(
-            f"warning: {len(sweep.problems)} job(s) missing or failed, listed in table.md",
+            f"warning: {len(sweep.problems)} job(s) missing, failed or incomplete, left out and "
+            "listed in table.md",
             file=sys.stderr,
         )
+    if sweep.debug:
+        done = "included" if sweep.include_debug else "left out (--include-debug includes them)"
+        print(f"warning: {len(sweep.debug)} debug run(s) {done}", file=sys.stderr)
     return 0
 
 

@@ -1,10 +1,16 @@
-"""Reads a Hydra sweep: the jobs it expected, and which of them finished, failed or never ran."""
+"""Reads a Hydra sweep: the jobs it expected, and which of them finished, failed or never ran.
+
+A job counts as a result only when its metrics.json and per_image.csv are both readable and its
+metrics.json says `"status": "ok"`; every other job is listed with the reason, never averaged.
+"""
 
 from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -16,9 +22,18 @@ from tqdm import tqdm
 
 from brainseg.data.sources import natural_key
 
+log = logging.getLogger(__name__)
+
 # Sweep keys that repeat a comparison rather than define what is compared.
 REPEAT_KEYS = ("seed", "data.fold")
 MODEL_KEY = "model"
+# per_image.csv columns the report reads, and those that must hold a value on every row.
+PER_IMAGE_COLUMNS = ("id", "pid", "label", "dice")
+PER_IMAGE_FILLED = ("id", "label", "dice")
+
+
+class UnreadableFile(Exception):
+    """A job's file that exists but cannot be used; the message names it and says why."""
 
 
 @dataclass
@@ -26,10 +41,14 @@ class Run:
     """One job of a sweep.
 
     Attributes:
-        status: "ok" (metrics.json written), "failed" (error.txt), "incomplete" (a job
-            directory without either: still running, or killed) or "missing" (no directory).
+        status: "ok" (metrics.json and per_image.csv readable), "debug" (a run without full
+            training, as its metrics.json says), "failed" (error.txt), "incomplete" (a job
+            directory whose metrics.json or per_image.csv is missing or unreadable: still
+            running, killed, or cut off while writing) or "missing" (no directory).
         variant: what the job compares: the model name, plus any other swept setting.
         overrides: the job's command-line overrides as {key: value}.
+        error: why the job is not "ok", naming the file.
+        per_image: the run's per_image.csv (one row per test slice), None when unusable.
     """
 
     job_dir: Path | None
@@ -42,6 +61,7 @@ class Run:
     metrics: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     error: str = ""
+    per_image: pd.DataFrame | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -52,25 +72,28 @@ class Run:
     def test(self) -> dict[str, float]:
         return self.metrics.get("test") or {}
 
-    @cached_property
-    def per_image(self) -> pd.DataFrame | None:
-        """The run's per_image.csv (one row per test slice), or None when it has none."""
-        path = self.job_dir / "per_image.csv" if self.job_dir else None
-        if path is None or not path.is_file():
-            return None
-        frame = pd.read_csv(path, dtype={"id": str, "pid": str})
-        frame["pid"] = frame["pid"].fillna("")
-        return frame
+    @property
+    def split(self) -> str | None:
+        """The split the run used ("patient" or "image"), as its metrics.json records it."""
+        value = self.metrics.get("split")
+        return None if value is None else str(value)
 
     @cached_property
     def history(self) -> pd.DataFrame | None:
         """Per-epoch log (csv/metrics.csv), one row per epoch: Lightning writes train and
         validation values of one epoch on separate rows. A resumed run's earlier log
-        (csv/metrics-<time>.csv) comes first; the latest value of an epoch wins."""
+        (csv/metrics-<time>.csv) comes first; the latest value of an epoch wins. None when
+        there is none, or it cannot be read (a warning names the file)."""
         paths = sorted((self.job_dir / "csv").glob("metrics*.csv")) if self.job_dir else []
         if not paths:
             return None
-        frame = pd.concat([pd.read_csv(path) for path in paths], ignore_index=True)
+        try:
+            frame = pd.concat([pd.read_csv(path) for path in paths], ignore_index=True)
+        except (OSError, ValueError) as error:  # pandas' parser errors are ValueErrors
+            log.warning(
+                "%s: learning curve left out, its csv log is unreadable (%s)", self.name, error
+            )
+            return None
         if "epoch" not in frame or frame.empty:
             return None
         return frame.groupby("epoch").last().reset_index()
@@ -83,14 +106,35 @@ class Sweep:
     root: Path
     runs: list[Run]
     multirun: dict[str, Any]
+    include_debug: bool = False
 
     @property
     def ok(self) -> list[Run]:
         return [run for run in self.runs if run.status == "ok"]
 
     @property
+    def used(self) -> list[Run]:
+        """The runs the table and statistics average: "ok" ones, plus "debug" ones when
+        `include_debug`."""
+        wanted = ("ok", "debug") if self.include_debug else ("ok",)
+        return [run for run in self.runs if run.status in wanted]
+
+    @property
+    def debug(self) -> list[Run]:
+        return [run for run in self.runs if run.status == "debug"]
+
+    @property
     def problems(self) -> list[Run]:
-        return [run for run in self.runs if run.status != "ok"]
+        """Missing, failed and incomplete jobs (debug runs are listed apart)."""
+        return [run for run in self.runs if run.status not in ("ok", "debug")]
+
+    @property
+    def splits(self) -> dict[str, list[Run]]:
+        """The split of the used runs -> those runs ("not recorded" for older records)."""
+        splits: dict[str, list[Run]] = {}
+        for run in self.used:
+            splits.setdefault(run.split or "not recorded", []).append(run)
+        return splits
 
     @property
     def variants(self) -> list[str]:
@@ -98,7 +142,7 @@ class Sweep:
         return list(dict.fromkeys(run.variant for run in self.runs))
 
     def runs_of(self, variant: str) -> list[Run]:
-        return [run for run in self.ok if run.variant == variant]
+        return [run for run in self.used if run.variant == variant]
 
     @property
     def wandb_config(self) -> dict[str, Any] | None:
@@ -116,9 +160,14 @@ class Sweep:
         return str(Path(_sweep_dir_setting(self))).replace(os.sep, "_")
 
 
-def load_sweep(sweep_dir: str | os.PathLike) -> Sweep:
+def load_sweep(sweep_dir: str | os.PathLike, include_debug: bool = False) -> Sweep:
     """Reads every job directory of `sweep_dir` and lines them up with the jobs the sweep's
-    `multirun.yaml` expected, so that missing and failed jobs are visible."""
+    `multirun.yaml` expected, so that missing, failed and incomplete jobs are visible.
+
+    Args:
+        sweep_dir: the folder a multirun wrote.
+        include_debug: average debug runs (no full training) with the others.
+    """
     root = Path(sweep_dir)
     if not root.is_dir():
         raise FileNotFoundError(
@@ -135,7 +184,7 @@ def load_sweep(sweep_dir: str | os.PathLike) -> Sweep:
             f"{root} holds no job directories (with .hydra/, metrics.json or error.txt) and no "
             "multirun.yaml; pass the folder of a `python -m brainseg.train -m ...` sweep"
         )
-    return Sweep(root=root, runs=runs, multirun=multirun)
+    return Sweep(root=root, runs=runs, multirun=multirun, include_debug=include_debug)
 
 
 def expected_jobs(task_overrides: list[str]) -> tuple[list[str], list[dict[str, str]]]:
@@ -180,19 +229,12 @@ def _job_dirs(root: Path) -> list[Path]:
 
 
 def _read_job(job_dir: Path, sweep_keys: list[str]) -> Run:
-    config = _load_yaml(job_dir / ".hydra" / "config.yaml")
-    overrides = _parse_overrides(job_dir / ".hydra" / "overrides.yaml")
-    metrics: dict[str, Any] = {}
-    error = ""
-    if (job_dir / "metrics.json").is_file():
-        metrics = json.loads((job_dir / "metrics.json").read_text())
-        status = "ok" if metrics.get("status", "ok") == "ok" else "failed"
-    elif (job_dir / "error.txt").is_file():
-        status = "failed"
-        error = _exception_line((job_dir / "error.txt").read_text(errors="replace"))
-    else:
-        status = "incomplete"
-        error = "no metrics.json and no error.txt: still running, or killed"
+    unreadable: list[str] = []
+    config = _read_optional(job_dir / ".hydra" / "config.yaml", _load_yaml, unreadable)
+    overrides = _read_optional(job_dir / ".hydra" / "overrides.yaml", _parse_overrides, unreadable)
+    status, error, metrics, per_image = _job_state(job_dir)
+    if unreadable and status in ("ok", "debug"):
+        status, error, per_image = "incomplete", "; ".join(unreadable), None
     model = str(
         metrics.get("model")
         or (config.get("model") or {}).get("name")
@@ -212,7 +254,84 @@ def _read_job(job_dir: Path, sweep_keys: list[str]) -> Run:
         metrics=metrics,
         config=config,
         error=error,
+        per_image=per_image,
     )
+
+
+def _job_state(job_dir: Path) -> tuple[str, str, dict[str, Any], pd.DataFrame | None]:
+    """(status, why it is not "ok", metrics.json, per_image.csv) of a job directory."""
+    error_txt = job_dir / "error.txt"
+    try:
+        metrics = _read_metrics(job_dir / "metrics.json")
+    except UnreadableFile as problem:
+        if error_txt.is_file():
+            return "failed", _exception_line(error_txt.read_text(errors="replace")), {}, None
+        return "incomplete", str(problem), {}, None
+    status = str(metrics.get("status", "ok"))
+    if status not in ("ok", "debug"):
+        return "failed", f"metrics.json says status {status!r}", metrics, None
+    why = ""
+    if status == "debug":
+        why = f"no full training ({metrics.get('debug') or 'reason not recorded'})"
+    try:
+        per_image = _read_per_image(job_dir / "per_image.csv")
+    except UnreadableFile as problem:
+        return "incomplete", "; ".join(filter(None, [str(problem), why])), metrics, None
+    return status, why, metrics, per_image
+
+
+def _read_metrics(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UnreadableFile(f"{path.name} missing (and no error.txt): still running, or killed")
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError included
+        raise UnreadableFile(
+            f"{path.name} unreadable ({type(error).__name__}: {error}); cut off while being "
+            "written? rerun the job"
+        ) from error
+    if not isinstance(metrics, dict):
+        raise UnreadableFile(f"{path.name} holds a {type(metrics).__name__}, not a run record")
+    return metrics
+
+
+def _read_per_image(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise UnreadableFile(
+            f"{path.name} missing: the job did not test (test=false), or was killed before "
+            "writing it"
+        )
+    try:
+        frame = pd.read_csv(path, dtype={"id": str, "pid": str})
+    except (OSError, ValueError) as error:  # pandas' EmptyDataError and ParserError included
+        raise UnreadableFile(f"{path.name} unreadable ({type(error).__name__}: {error})") from error
+    absent = [column for column in PER_IMAGE_COLUMNS if column not in frame]
+    if absent:
+        raise UnreadableFile(f"{path.name} lacks the column(s) {', '.join(absent)}")
+    if frame.empty:
+        raise UnreadableFile(f"{path.name} has no rows")
+    # Only pid (unknown patients) and, in older records, precision and recall may be blank:
+    # a blank elsewhere is a row cut off while being written.
+    filled = [c for c in frame.columns if c not in ("pid", "precision", "recall")]
+    holes = frame.index[frame[filled].isna().any(axis=1)]
+    if len(holes):
+        raise UnreadableFile(
+            f"{path.name} has blank values on {len(holes)} row(s), first data row "
+            f"{holes[0] + 1}; cut off while being written? rerun the job"
+        )
+    frame["pid"] = frame["pid"].fillna("")
+    return frame
+
+
+def _read_optional(
+    path: Path, read: Callable[[Path], dict[str, Any]], unreadable: list[str]
+) -> dict[str, Any]:
+    """`read(path)`, or {} with the reason appended to `unreadable`."""
+    try:
+        return read(path)
+    except Exception as error:  # YAML, OmegaConf and Hydra parsers: one bad job never aborts
+        unreadable.append(f"{path.parent.name}/{path.name} unreadable ({type(error).__name__})")
+        return {}
 
 
 def _match(

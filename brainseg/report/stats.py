@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from itertools import combinations
 
 import numpy as np
@@ -18,6 +19,9 @@ METRIC_LABELS = {
     "precision": "Precision",
     "recall": "Recall",
     "lesion_recall": "Lesion recall",
+    "dice_tumor": "Dice (tumor slices)",
+    "empty_correct": "Empty slices predicted empty",
+    "fp_lesions_per_empty": "False-positive lesions per empty slice",
     "inference_ms": "Inference time (ms)",
 }
 
@@ -178,11 +182,20 @@ def _compare(frame: pd.DataFrame, metric: str, n_resamples: int, seed: int, leve
 
 
 def stats_markdown(
-    stats: pd.DataFrame, n_runs: dict[str, int], n_resamples: int, level: float = 0.95
+    stats: pd.DataFrame,
+    n_runs: dict[str, int],
+    n_resamples: int,
+    level: float = 0.95,
+    header: Sequence[str] = (),
 ) -> str:
-    """stats.md: one table per pair of variants."""
+    """stats.md: one table per pair of variants.
+
+    Args:
+        n_runs: variant -> the number of runs whose per-image results were averaged.
+        header: markdown lines after the title (the sweep's problems and split).
+    """
     pct = f"{100 * level:g} %"
-    lines = ["# Paired comparison on the shared test slices", ""]
+    lines = ["# Paired comparison on the shared test slices", "", *header]
     if stats.empty:
         return "\n".join(
             lines + ["Fewer than two models with per-image results: nothing to compare.", ""]

@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brainseg.report.collect import Sweep
+from brainseg.report.collect import Run, Sweep
 from brainseg.report.stats import METRIC_LABELS
 
 TABLE_METRICS = ("dice", "dice_pooled", "precision", "recall", "lesion_recall", "inference_ms")
+# Recorded only by runs whose test set has tumor-free slices (see brainseg.metrics).
+EMPTY_SLICE_METRICS = ("dice_tumor", "empty_correct", "fp_lesions_per_empty")
 STUDY_TABLE = Path(__file__).resolve().parents[1] / "reference" / "study_table.csv"
 
 
@@ -19,14 +21,26 @@ def load_study_table(path: Path = STUDY_TABLE) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
+def table_metrics(sweep: Sweep) -> tuple[str, ...]:
+    """The table's rows: the study's metrics, and the empty-slice ones when a used run has them."""
+    recorded = {key for run in sweep.used for key in run.test}
+    extra = tuple(m for m in EMPTY_SLICE_METRICS if m in recorded)
+    if not extra:
+        return TABLE_METRICS
+    at = TABLE_METRICS.index("lesion_recall") + 1
+    return TABLE_METRICS[:at] + extra + TABLE_METRICS[at:]
+
+
 def build_table(sweep: Sweep, reference: bool = True) -> pd.DataFrame:
-    """One row per metric; columns `<variant>_mean/_std/_n` (std over runs, ddof=1) and, with
-    `reference`, `study_<model>_mean/_std/_n` for the models the study has numbers for."""
-    table = pd.DataFrame(index=pd.Index(TABLE_METRICS, name="metric"))
-    table.insert(0, "label", [METRIC_LABELS[m] for m in TABLE_METRICS])
+    """One row per metric; columns `<variant>_mean/_std/_n` (std over runs, ddof=1; n = runs
+    that recorded the metric) and, with `reference`, `study_<model>_mean/_std/_n` for the
+    models the study has numbers for."""
+    metrics = table_metrics(sweep)
+    table = pd.DataFrame(index=pd.Index(metrics, name="metric"))
+    table.insert(0, "label", [METRIC_LABELS[m] for m in metrics])
     for variant in sweep.variants:
         runs = sweep.runs_of(variant)
-        for metric in TABLE_METRICS:
+        for metric in metrics:
             values = np.array([r.test.get(metric, np.nan) for r in runs], dtype=float)
             values = values[np.isfinite(values)]
             table.loc[metric, f"{variant}_mean"] = values.mean() if values.size else np.nan
@@ -44,14 +58,14 @@ def build_table(sweep: Sweep, reference: bool = True) -> pd.DataFrame:
 
 
 def table_markdown(sweep: Sweep, table: pd.DataFrame) -> str:
-    """table.md: the table with ± formatting, problems of the sweep first."""
+    """table.md: the table with ± formatting, the sweep's problems and split first."""
     lines = ["# Results", ""]
-    lines += problems_markdown(sweep)
-    columns, headers = [], []
+    lines += header_markdown(sweep)
+    columns, headers, n_runs = [], [], {}
     for variant in sweep.variants:
-        n_runs = len(sweep.runs_of(variant))
+        n_runs[variant] = len(sweep.runs_of(variant))
         columns.append(variant)
-        headers.append(f"{variant} (n={n_runs})")
+        headers.append(f"{variant} (n={n_runs[variant]})")
     study_models = [
         c.removeprefix("study_").removesuffix("_mean")
         for c in table.columns
@@ -62,35 +76,83 @@ def table_markdown(sweep: Sweep, table: pd.DataFrame) -> str:
     lines += ["| metric | " + " | ".join(headers) + " |", "| --- |" + " --- |" * len(headers)]
     for metric, row in table.iterrows():
         digits = 2 if metric == "inference_ms" else 4
-        cells = [_cell(row, v, digits) for v in columns]
+        cells = [_cell(row, v, digits, n_runs[v]) for v in columns]
         cells += [_cell(row, f"study_{m}", digits) for m in study_models]
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
-    lines += ["", _footer(sweep, bool(study_models)), ""]
+    empty_slices = any(m in table.index for m in EMPTY_SLICE_METRICS)
+    lines += ["", _footer(sweep, bool(study_models), empty_slices), ""]
     return "\n".join(lines)
 
 
+def header_markdown(sweep: Sweep) -> list[str]:
+    """The report's header: jobs left out (missing, failed, incomplete) and debug runs, each
+    with the reason, then the split the runs used (a warning when they differ)."""
+    return problems_markdown(sweep) + debug_markdown(sweep) + split_markdown(sweep)
+
+
 def problems_markdown(sweep: Sweep) -> list[str]:
-    """A warning block naming every missing, failed or unfinished job (empty when none)."""
+    """A warning block naming every missing, failed or incomplete job (empty when none)."""
     if not sweep.problems:
         return []
     lines = [
         f"**Incomplete sweep: {len(sweep.problems)} of {len(sweep.runs)} jobs did not "
-        "finish; the numbers below average only the finished runs (see n).**",
+        "finish; the numbers below leave them out and average only the complete runs "
+        "(see n).**",
         "",
     ]
-    for run in sweep.problems:
-        where = f" ({run.job_dir.name}/)" if run.job_dir else ""
-        lines.append(f"- {run.status.upper()}: {run.name}{where}: {run.error}")
-    return lines + [""]
+    return lines + [_run_line(run) for run in sweep.problems] + [""]
 
 
-def _cell(row: pd.Series, prefix: str, digits: int) -> str:
+def debug_markdown(sweep: Sweep) -> list[str]:
+    """The debug runs (no full training), and whether the numbers include them."""
+    if not sweep.debug:
+        return []
+    n = len(sweep.debug)
+    runs = f"{n} debug run{'s' if n != 1 else ''} (no full training)"
+    if sweep.include_debug:
+        lead = f"**{runs} included (--include-debug): these numbers are not study results.**"
+    else:
+        lead = f"**{runs} left out of the numbers below; --include-debug includes them.**"
+    return [lead, "", *(_run_line(run) for run in sweep.debug), ""]
+
+
+def split_markdown(sweep: Sweep) -> list[str]:
+    """`Split: by patient.`, or a warning naming the runs of each split when they differ."""
+    splits = sweep.splits
+    if len(splits) == 1:
+        return [f"Split: {_split_name(next(iter(splits)))}.", ""]
+    if not splits:
+        return []
+    parts = "; ".join(
+        f"{_split_name(split)}: {', '.join(run.name for run in runs)}"
+        for split, runs in splits.items()
+    )
+    return [
+        f"**Warning: the runs used different splits ({parts}); their test sets differ, so "
+        "their numbers do not compare like for like.**",
+        "",
+    ]
+
+
+def _split_name(split: str) -> str:
+    return f"by {split}" if split in ("patient", "image") else split
+
+
+def _run_line(run: Run) -> str:
+    where = f" ({run.job_dir.name}/)" if run.job_dir else ""
+    return f"- {run.status.upper()}: {run.name}{where}: {run.error}"
+
+
+def _cell(row: pd.Series, prefix: str, digits: int, n_runs: int | None = None) -> str:
+    """mean ± std, with the metric's own n when fewer runs than the column's recorded it."""
     mean, std = row.get(f"{prefix}_mean", np.nan), row.get(f"{prefix}_std", np.nan)
     if not np.isfinite(mean):
         return "—"
+    n = row.get(f"{prefix}_n", np.nan)
+    own_n = f" (n={int(n)})" if n_runs is not None and np.isfinite(n) and n != n_runs else ""
     if not np.isfinite(std):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+        return f"{mean:.{digits}f}{own_n}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}{own_n}"
 
 
 def _study_n(table: pd.DataFrame, model: str) -> int:
@@ -98,16 +160,20 @@ def _study_n(table: pd.DataFrame, model: str) -> int:
     return int(values.iloc[0]) if len(values) else 0
 
 
-def _footer(sweep: Sweep, reference: bool) -> str:
-    devices = sorted({str(r.metrics.get("device")) for r in sweep.ok if r.metrics.get("device")})
-    epochs = sorted(
-        {int(r.metrics["epochs"]) for r in sweep.ok if r.metrics.get("epochs") is not None}
-    )
-    parts = ["Mean ± std over runs (seeds and folds; std with ddof=1); n = finished runs."]
+def _footer(sweep: Sweep, reference: bool, empty_slices: bool = False) -> str:
+    used = sweep.used
+    devices = sorted({str(r.metrics.get("device")) for r in used if r.metrics.get("device")})
+    epochs = sorted({int(r.metrics["epochs"]) for r in used if r.metrics.get("epochs") is not None})
+    parts = ["Mean ± std over runs (seeds and folds; std with ddof=1); n = runs averaged."]
     if devices:
         parts.append(f"Inference timed on: {', '.join(devices)} (batch 1).")
     if epochs:
         parts.append(f"Epochs: {', '.join(map(str, epochs))}.")
+    if empty_slices:
+        parts.append(
+            "Some test sets have tumor-free slices: Dice counts an empty prediction there as 1, "
+            "Dice (tumor slices) leaves them out (see brainseg.metrics)."
+        )
     if reference:
         parts.append("Study: its Table 1 (5 runs per model; its GPU is not stated).")
     return " ".join(parts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -78,6 +79,14 @@ def write_folder(
         ]
         (root / "metadata.csv").write_text("sample_id,pid,label,fold\n" + "\n".join(rows) + "\n")
     return root
+
+
+def write_metadata(root: Path, rows: Sequence[tuple[str, str]]) -> Path:
+    """Replace root/metadata.csv by `sample_id,pid` rows."""
+    lines = ["sample_id,pid"] + [f"{sid},{pid}" for sid, pid in rows]
+    path = root / "metadata.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 class FileServer:

@@ -1,5 +1,3 @@
-from types import SimpleNamespace
-
 import albumentations as A
 import cv2
 import numpy as np
@@ -166,13 +164,14 @@ def test_device_path_loader_yields_uint8_and_the_transfer_hook_finishes_the_batc
     raw = next(iter(dm.train_dataloader()))
     assert raw["image"].dtype == torch.uint8 and raw["image"].shape == (4, 1, 32, 32)
     assert raw["mask"].dtype == torch.uint8
-    done = dm.on_after_batch_transfer(dict(raw), 0)
+    done = dm.on_after_batch_transfer(dm.on_before_batch_transfer(dict(raw), 0), 0)
     assert done["image"].dtype == torch.float32 and done["image"].shape == (4, 3, 32, 32)
     assert done["mask"].dtype == torch.float32 and done["mask"].shape == (4, 1, 32, 32)
     # Evaluation batches are normalised in the loader, as before, and pass the hook untouched.
     val = next(iter(dm.val_dataloader()))
     assert val["image"].dtype == torch.float32
-    assert dm.on_after_batch_transfer(dict(val), 0)["image"] is val["image"]
+    hooks = dm.on_after_batch_transfer(dm.on_before_batch_transfer(dict(val), 0), 0)
+    assert hooks["image"] is val["image"]
 
 
 def test_auto_augments_in_the_loader_without_cuda(tmp_path, monkeypatch):
@@ -190,18 +189,21 @@ def test_unknown_augment_on_is_named(tmp_path):
         datamodule(tmp_path, "gpu")
 
 
-def test_processes_of_one_run_draw_different_augmentations(tmp_path):
-    # DDP processes share the global seed; the rank tells their batch augmentations apart.
+def test_a_batch_is_augmented_by_its_samples_seeds_alone(tmp_path):
+    # Not by the global generator, nor by the process: DDP processes load different slices,
+    # hence different seeds, and a resumed run draws what the uninterrupted one drew.
     dm = datamodule(tmp_path, "device")
     dm.setup("fit")
-    raw = next(iter(dm.train_dataloader()))
-    images = {}
-    for rank in (0, 1, 0):
-        dm.trainer = SimpleNamespace(global_rank=rank)
-        torch.manual_seed(0)
-        images.setdefault(rank, []).append(dm.on_after_batch_transfer(dict(raw), 0)["image"])
-    torch.testing.assert_close(images[0][0], images[0][1], atol=0, rtol=0)
-    assert not torch.equal(images[0][0], images[1][0])
+    loader = dm.train_dataloader()
+    first, second = list(loader)[:2]
+
+    def augment(raw: dict, global_seed: int) -> torch.Tensor:
+        torch.manual_seed(global_seed)
+        return dm.on_after_batch_transfer(dm.on_before_batch_transfer(dict(raw), 0), 0)["image"]
+
+    torch.testing.assert_close(augment(first, 0), augment(first, 1), atol=0, rtol=0)
+    other = dict(first, seed=second["seed"])  # the same slices with other seeds
+    assert not torch.equal(augment(first, 0), augment(other, 0))
 
 
 def test_both_paths_augment_the_same_amount_at_the_default_settings():

@@ -29,7 +29,8 @@ def test_batches_have_the_agreed_keys_shapes_and_dtypes(tmp_path):
     dm.prepare_data()
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"image", "mask", "id", "pid", "label"}
+    assert set(batch) == {"image", "mask", "id", "pid", "label", "seed"}
+    assert batch["seed"].dtype == torch.int64 and len(set(batch["seed"].tolist())) == 4
     assert batch["image"].shape == (4, 3, 32, 32) and batch["image"].dtype == torch.float32
     assert batch["mask"].shape == (4, 1, 32, 32) and batch["mask"].dtype == torch.float32
     assert set(batch["mask"].unique().tolist()) <= {0.0, 1.0}
@@ -37,7 +38,7 @@ def test_batches_have_the_agreed_keys_shapes_and_dtypes(tmp_path):
     assert isinstance(batch["id"][0], str) and batch["pid"][0].startswith("P")
     for loader in (dm.val_dataloader(), dm.test_dataloader(), dm.predict_dataloader()):
         b = next(iter(loader))
-        assert b["image"].shape[1:] == (3, 32, 32)
+        assert b["image"].shape[1:] == (3, 32, 32) and "seed" not in b
 
 
 def test_split_table_sizes_and_split_csv(tmp_path):
@@ -51,23 +52,38 @@ def test_split_table_sizes_and_split_csv(tmp_path):
     assert len(dm.val_dataloader()) == -(-sizes["val"] // 4)
     assert [b["id"] for b in dm.test_dataloader()] == [b["id"] for b in dm.predict_dataloader()]
     written = pd.read_csv(dm.write_split(tmp_path / "run" / "split.csv"), dtype=str)
-    assert list(written.columns) == ["id", "pid", "subset"] and len(written) == 40
+    assert list(written.columns) == ["id", "pid", "subset", "split"] and len(written) == 40
+    assert set(written["split"]) == {"patient"}
     assert next(iter(dm.val_dataloader()))["image"].shape[1] == 1
 
 
-def test_the_split_ignores_the_training_seed_but_augmentation_follows_it(tmp_path):
-    torch.manual_seed(0)
-    a = datamodule(tmp_path)
-    first = next(iter(a.train_dataloader()))
-    torch.manual_seed(0)
-    b = datamodule(tmp_path)
-    again = next(iter(b.train_dataloader()))
+def test_the_split_ignores_the_training_seed_but_order_and_augmentation_follow_it(tmp_path):
+    def first_batch(seed: int, epoch: int = 0, **kwargs) -> dict:
+        loader = datamodule(tmp_path, seed=seed, **kwargs).train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        return next(iter(loader))
+
+    torch.manual_seed(123)  # the global generator plays no part
+    first = first_batch(seed=0)
+    torch.manual_seed(456)
+    again = first_batch(seed=0, num_workers=2)
     assert again["id"] == first["id"] and torch.equal(again["image"], first["image"])
-    torch.manual_seed(1)
-    c = datamodule(tmp_path)
-    assert c.split_table().equals(a.split_table())
-    other = next(iter(c.train_dataloader()))
-    assert other["id"] != first["id"] or not torch.equal(other["image"], first["image"])
+    assert datamodule(tmp_path, seed=1).split_table().equals(datamodule(tmp_path).split_table())
+    for other in (first_batch(seed=1), first_batch(seed=0, epoch=1)):
+        assert other["id"] != first["id"] and not torch.equal(other["image"], first["image"])
+
+
+def test_a_slice_is_augmented_the_same_whatever_batch_or_worker_loads_it(tmp_path):
+    def images_by_id(**kwargs) -> dict:
+        loader = datamodule(tmp_path, **kwargs).train_dataloader()
+        loader.sampler.set_epoch(2)
+        return {i: x for b in loader for i, x in zip(b["id"], b["image"], strict=True)}
+
+    single = images_by_id(batch_size=4)
+    workers = images_by_id(batch_size=3, num_workers=2, persistent_workers=True)
+    shared = single.keys() & workers.keys()
+    assert len(shared) >= 20
+    assert all(torch.equal(single[i], workers[i]) for i in shared)
 
 
 def test_worker_loader_settings(tmp_path):

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from datafiles import write_folder
+from datafiles import write_folder, write_metadata
 from PIL import Image
 
 from brainseg.data.folder import FolderSource
@@ -122,3 +122,48 @@ def test_verify_lists_every_problem_without_stopping(tmp_path):
     assert (
         "images/2.png" in joined and "images/5.png: no mask" in joined and "masks/7.png" in joined
     )
+
+
+def test_duplicated_sample_id_is_refused_with_its_lines(tmp_path):
+    # The last row used to win silently, with its pid and label.
+    root = write_folder(tmp_path / "d")
+    with open(root / "metadata.csv", "a") as f:
+        f.write("3,P9,1,1\n4,P9,1,1\n")
+    with pytest.raises(ValueError) as info:
+        list(FolderSource(root))
+    message = str(info.value)
+    assert str(root / "metadata.csv") in message
+    assert "2 sample_id(s) on more than one row: 3 (lines 4, 8), 4 (lines 5, 9)" in message
+    assert "one row per image" in message
+
+
+def test_metadata_rows_that_match_no_image_are_named(tmp_path):
+    root = write_folder(tmp_path / "d", n=8)
+    write_metadata(root, [(f"{i}.png", f"P{i}") for i in range(1, 9)])
+    with pytest.raises(ValueError) as info:
+        list(FolderSource(root))
+    message = str(info.value)
+    assert str(root / "metadata.csv") in message
+    assert "8 row(s) name no image in" in message
+    assert "line 2 (1.png), line 3 (2.png)" in message and "and 3 more" in message
+    assert "file stem" in message
+
+
+def test_partial_metadata_leaves_the_other_pids_blank(tmp_path):
+    # Whether that is acceptable depends on data.split (see test_splits.py).
+    root = write_folder(tmp_path / "d")
+    write_metadata(root, [("1", "A"), ("2", "A")])
+    source = FolderSource(root)
+    assert [s.meta["pid"] for s in source] == ["A", "A", "", "", "", ""]
+    assert source.patient_ids() == {"1": "A", "2": "A", "3": "", "4": "", "5": "", "6": ""}
+    assert source.verify() == []
+
+
+def test_verify_reports_duplicated_and_unmatched_metadata_rows(tmp_path):
+    root = write_folder(tmp_path / "d")
+    with open(root / "metadata.csv", "a") as f:
+        f.write("2,P7,1,1\nseven,P7,1,1\n")
+    problems = FolderSource(root).verify()
+    joined = "\n".join(problems)
+    assert len(problems) == 2
+    assert "2 (lines 3, 8)" in joined and "line 9 (seven)" in joined
