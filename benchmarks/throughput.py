@@ -372,8 +372,9 @@ def loader_throughput(
 
 
 def _transfer(dm, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """A loader batch as the training step gets it: moved as Lightning moves it, then passed
-    through the data module's `on_after_batch_transfer` (which augments with augment_on=device)."""
+    """A loader batch as the training step gets it: through the data module's transfer hooks
+    and moved as Lightning moves it (augmented there with augment_on=device)."""
+    batch = dm.on_before_batch_transfer(batch, 0)
     return dm.on_after_batch_transfer(move_data_to_device(batch, device), 0)
 
 

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from brainseg.atomic import atomic_path
 from brainseg.data.sources import Source
 
 FORMAT_VERSION = 1
@@ -64,22 +65,16 @@ def build_cache(source: Source, image_size: int, cache_dir: str | os.PathLike) -
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(path)
     arrays = _convert(source, image_size)
     arrays["info"] = np.array(
         json.dumps(
             {"cache_key": source.cache_key(), "image_size": image_size, "version": FORMAT_VERSION}
         )
     )
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 
@@ -129,8 +124,8 @@ def load_cache(path: str | os.PathLike) -> CachedData:
             arrays = {k: data[k] for k in KEYS if k != "info"}
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
         raise ValueError(
-            f"cache {path} is unreadable ({error}): delete it and run "
-            "`python -m brainseg.data prepare` to build it again"
+            f"cache {path} is unreadable ({error}): delete it, and the next run builds it "
+            "again from the same data settings"
         ) from error
     return CachedData(**arrays)
 
@@ -161,21 +156,3 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     if binary.shape != (size, size):
         binary = cv2.resize(binary, (size, size), interpolation=cv2.INTER_NEAREST)
     return binary
-
-
-def _remove_stale_temporaries(path: Path) -> None:
-    """Delete temporary files left by conversions that were killed (their process is gone)."""
-    for tmp in path.parent.glob(f"{path.name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

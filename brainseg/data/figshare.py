@@ -144,8 +144,6 @@ class FigshareSource(Source):
 def extract_mats(zip_path: Path, out_dir: Path) -> list[Path]:
     """Extract every .mat member of `zip_path` flat into `out_dir`, each file atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in out_dir.glob(".*.mat.*.tmp"):  # files of an extraction cut off halfway
-        leftover.unlink(missing_ok=True)
     written = []
     try:
         with zipfile.ZipFile(zip_path) as archive:

@@ -56,7 +56,7 @@ def test_conversion_cut_off_halfway_leaves_nothing_then_rebuilds(tmp_path):
     assert list(tmp_path.iterdir()) == []
     # A stale temporary file of a dead process is not mistaken for a cache and is cleaned up.
     target = cache_path(SyntheticSource(8, 4, 32), 16, tmp_path)
-    stale = tmp_path / f"{target.name}.tmp-999999999"
+    stale = tmp_path / f".{target.name}.999999999.tmp"
     stale.write_bytes(b"half a cache")
     path = build_cache(SyntheticSource(8, 4, 32), 16, tmp_path)
     assert path == target and not stale.exists()

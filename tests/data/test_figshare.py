@@ -144,7 +144,7 @@ def test_extraction_cut_off_halfway_is_redone_on_the_next_run(server, article, t
     # As if the second zip was being extracted when the process died.
     (mat_dir / ".b_4-11.zip.done").unlink()
     (mat_dir / "9.mat").unlink()
-    (mat_dir / ".10.mat.12345.tmp").write_bytes(b"half")
+    (mat_dir / ".10.mat.999999999.tmp").write_bytes(b"half")
     with pytest.raises(FileNotFoundError, match=r"b_4-11\.zip not yet extracted"):
         list(source)
     source.prepare()
