@@ -99,15 +99,17 @@ def straight(request, tmp_path_factory) -> tuple[Path, str, dict]:
     return straight_run(tmp_path_factory, request.param)
 
 
+@pytest.mark.parametrize("cut_after", [1, pytest.param(2, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("straight", BOTH_PATHS, indirect=True)
-def test_a_run_cut_after_an_epoch_and_resumed_equals_the_straight_run(straight):
+def test_a_run_cut_after_an_epoch_and_resumed_equals_the_straight_run(straight, cut_after):
     # Cut with no workers, resumed with two that restart every epoch: neither the cut nor the
     # loader settings change what the run computes.
     base, augment_on, expected = straight
-    run_in_process(base, "cut", augment_on, "trainer.max_epochs=1", *workers(0))
-    last = base / "cut" / "checkpoints" / "last.ckpt"
-    record = run_in_process(base, "cut", augment_on, f"ckpt_path={last}", *workers(2))
-    assert_same_run(base / "cut", base / "straight", record, expected)
+    run = f"cut after {cut_after}"
+    run_in_process(base, run, augment_on, f"trainer.max_epochs={cut_after}", *workers(0))
+    last = base / run / "checkpoints" / "last.ckpt"
+    record = run_in_process(base, run, augment_on, f"ckpt_path={last}", *workers(2))
+    assert_same_run(base / run, base / "straight", record, expected)
 
 
 @pytest.mark.parametrize("straight", ["loader"], indirect=True)
