@@ -7,9 +7,10 @@ pipeline (`brainseg.data.transforms`), with the same settings and order: flips, 
 [0, 1] grey image, then replication to `in_channels` and normalisation.
 
 Random parameters are drawn on the CPU, in the main process, from a generator the caller
-passes (the data module seeds one per batch from torch's global generator and the process's
-rank): a run is reproducible and resumable exactly (see `ReseedEveryEpoch`), DDP processes
-augment differently, and a GPU never has to hand random numbers back to the host.
+passes (the data module seeds one per batch from the seeds of its slices, which depend on the
+run's seed, the epoch and the slice: see `brainseg.data.sampler`): a run is reproducible and
+resumable exactly, DDP processes (which load different slices) augment differently, and a GPU
+never has to hand random numbers back to the host.
 """
 
 from __future__ import annotations
