@@ -149,6 +149,7 @@ def _split_groups(groups: np.ndarray, fractions: np.ndarray, seed: int) -> np.nd
 
 
 def check_fractions(fractions: Sequence[float]) -> np.ndarray:
+    """`data.fractions` as an array, after checking it is three train/val/test shares of 1."""
     array = np.asarray(list(fractions), dtype=float)
     if array.shape != (3,) or (array < 0).any() or not np.isclose(array.sum(), 1.0):
         raise ValueError(
