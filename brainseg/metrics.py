@@ -278,11 +278,16 @@ class PerImageDice(Metric):
         self.add_state("dice_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("num_images", torch.tensor(0), dist_reduce_fx="sum")
 
+    def counted(self, scores: dict[str, Tensor]) -> Tensor:
+        """Which images of a batch enter the mean, bool (B,): all of them."""
+        return torch.ones_like(scores["dice"], dtype=torch.bool)
+
     def update(self, logits: Tensor, target: Tensor) -> None:
         pred, truth = _binarize(logits, target, self.logit_threshold)
-        dice = _per_image_scores(pred, truth)["dice"]
-        self.dice_sum += dice.sum(dtype=torch.float64)
-        self.num_images += dice.numel()
+        scores = _per_image_scores(pred, truth)
+        counted = self.counted(scores)
+        self.dice_sum += (scores["dice"] * counted).sum(dtype=torch.float64)
+        self.num_images += counted.sum()
 
     def compute(self) -> Tensor:
         return (self.dice_sum / self.num_images).float()
@@ -290,6 +295,9 @@ class PerImageDice(Metric):
 
 class _PooledFromLogits:
     """Mixin: threshold logits, then feed integer labels to a torchmetrics binary metric.
+
+    Each metric built on it gives its ratio's denominator, ``_denominator(tp, fp, fn)``, so
+    that ``compute`` can apply the empty-mask convention where it is 0.
 
     Integer inputs and ``validate_args=False`` keep torchmetrics from inspecting values (its
     float path checks whether preds lie in [0, 1], a host sync, and would skip the sigmoid on
@@ -303,10 +311,6 @@ class _PooledFromLogits:
     def update(self, logits: Tensor, target: Tensor) -> None:
         pred, truth = _binarize(logits, target, self.logit_threshold)
         super().update(pred.long(), truth.long())
-
-    @staticmethod
-    def _denominator(tp: Tensor, fp: Tensor, fn: Tensor) -> Tensor:
-        raise NotImplementedError
 
     def compute(self) -> Tensor:
         # torchmetrics gives 0 for a zero denominator; only that case changes to the module's
@@ -397,28 +401,11 @@ class LesionRecall(Metric):
         return torch.where(self.total > 0, ratio, both_empty.to(ratio.dtype))
 
 
-class TumorDice(Metric):
+class TumorDice(PerImageDice):
     """Mean per-image Dice over the images whose truth holds a tumour; NaN when none does."""
 
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
-    def __init__(self, threshold: float = 0.5, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.logit_threshold = _logit(threshold)
-        self.add_state("dice_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("num_tumor", torch.tensor(0), dist_reduce_fx="sum")
-
-    def update(self, logits: Tensor, target: Tensor) -> None:
-        pred, truth = _binarize(logits, target, self.logit_threshold)
-        scores = _per_image_scores(pred, truth)
-        tumor = scores["true_area"] > 0
-        self.dice_sum += (scores["dice"] * tumor).sum(dtype=torch.float64)
-        self.num_tumor += tumor.sum()
-
-    def compute(self) -> Tensor:
-        return (self.dice_sum / self.num_tumor).float()
+    def counted(self, scores: dict[str, Tensor]) -> Tensor:
+        return scores["true_area"] > 0
 
 
 class EmptyCorrect(Metric):

@@ -24,7 +24,7 @@ from brainseg.metrics import (
 )
 from brainseg.module import SegmentationModule
 
-from .test_metrics import _batches, _np_lesions, _np_masks
+from .test_metrics import _batches, _np_lesions, _np_masks, merged_and_whole
 
 EMPTY_KEYS = {"dice_tumor", "empty_correct", "fp_lesions_per_empty"}
 POOLED = ("dice_pooled", "precision", "recall")
@@ -200,14 +200,10 @@ def test_merging_empty_slice_states_equals_one_process():
     batches = _batches(seed=14, n_batches=4)
     for _, target in batches:
         target[1::2] = 0.0
-    whole, rank0, rank1 = (build_empty_slice_metrics() for _ in range(3))
-    for i, (logits, target) in enumerate(batches):
-        whole.update(logits, target)
-        (rank0 if i % 2 == 0 else rank1).update(logits, target)
-    expected = whole.compute()
-    for name, metric in rank0.items():
-        metric.merge_state(rank1[name])
-        assert torch.equal(metric.compute(), expected[name]), name
+    merged, expected = merged_and_whole(build_empty_slice_metrics, batches)
+    assert merged.keys() == expected.keys()
+    for name, value in expected.items():
+        assert torch.equal(merged[name], value), name
 
 
 def test_lesion_recall_without_lesions_counts_any_prediction_as_a_miss():

@@ -222,16 +222,20 @@ def test_diagonal_lesions_join_with_8_connectivity_only():
 # ---------------------------------------------------------------- exactness across processes
 
 
-def test_merging_states_equals_one_process():
-    batches = _batches(seed=6, n_batches=4)
-    whole, rank0, rank1 = build_metrics(), build_metrics(), build_metrics()
+def merged_and_whole(build, batches) -> tuple[dict, dict]:
+    """compute() of metrics whose batches were split between two "processes" and merged, and
+    of the same metrics fed every batch."""
+    whole, rank0, rank1 = build(), build(), build()
     for i, (logits, target) in enumerate(batches):
         whole.update(logits, target)
         (rank0 if i % 2 == 0 else rank1).update(logits, target)
-    expected = whole.compute()
     for name, metric in rank0.items():
         metric.merge_state(rank1[name])
-    merged = {name: metric.compute() for name, metric in rank0.items()}
+    return {name: metric.compute() for name, metric in rank0.items()}, whole.compute()
+
+
+def test_merging_states_equals_one_process():
+    merged, expected = merged_and_whole(build_metrics, _batches(seed=6, n_batches=4))
     assert merged.keys() == expected.keys()
     for name, value in expected.items():
         assert torch.allclose(merged[name], value), name
