@@ -1,3 +1,6 @@
+import math
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +19,10 @@ from brainseg.metrics import (
     build_metrics,
     label_components,
     lesion_counts,
+    logits_to_masks,
     per_image_stats,
+    probabilities,
+    to_masks,
 )
 
 KEYS = {"dice", "dice_pooled", "precision", "recall", "lesion_recall"}
@@ -282,6 +288,27 @@ def test_torch_components_on_long_snake():
 
 
 # ---------------------------------------------------------------- inputs and arguments
+
+
+@pytest.mark.parametrize("threshold", [0.1, 0.3, 0.5, 0.8])
+def test_logit_space_threshold_equals_sigmoid_then_threshold(threshold):
+    logits = 3 * torch.randn(64, 64, generator=torch.Generator().manual_seed(9))
+    logits[0, :3] = torch.tensor([-30.0, 0.0, 30.0])  # saturated and exactly-0.5 pixels
+    probs = probabilities(logits)
+    masks = logits_to_masks(logits, threshold)
+    assert probs.dtype == torch.float32 and masks.dtype == torch.bool
+    # Float rounding may split pixels within a hair of the threshold; none else may differ.
+    boundary = math.log(threshold / (1 - threshold))
+    clear = (logits - boundary).abs() > 1e-5
+    assert 0 < masks.sum() < masks.numel()
+    assert torch.equal(to_masks(probs, threshold)[clear], masks[clear])
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0, 1.5, -0.2])
+def test_thresholding_rejects_threshold_outside_0_1(threshold):
+    for apply, values in [(to_masks, torch.rand(4)), (logits_to_masks, torch.randn(4))]:
+        with pytest.raises(ValueError, match=re.escape(str(threshold))):
+            apply(values, threshold)
 
 
 def test_bf16_logits_and_channelless_target():
