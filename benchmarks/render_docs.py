@@ -58,8 +58,14 @@ def cell(value: Any) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def table(header: list[str], rows: list[list[str]]) -> Table:
-    """A markdown table, then an empty line."""
+def nums(record: dict[str, Any], keys: tuple[str, ...], digits: int = 3) -> list[str]:
+    return [num(record.get(key), digits) for key in keys]
+
+
+def table(header: str | list[str], rows: list[list[str]]) -> Table:
+    """A markdown table, then an empty line; `header` may be one string, "a | b | c"."""
+    if isinstance(header, str):
+        header = header.split(" | ")
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     return [*lines, *("| " + " | ".join(row) + " |" for row in rows), ""]
 
@@ -172,72 +178,41 @@ def settings_line(settings: dict[str, Any]) -> str:
 
 
 def render_throughput(data: dict) -> Table:
+    models = data["models"]
     out = [THROUGHPUT_TEXT, ""]
-    out += ["Settings: " + "; ".join(settings_line(m.get("settings", {})) for m in data["models"])]
-    out += [""]
-    rows = []
-    for m in data["models"]:
-        s = m.get("settings", {})
-        for t in m["train"]:
-            rows.append(
-                [
-                    m["model"],
-                    num(m.get("params", 0) / 1e6),
-                    num(t.get("compiled")),
-                    num(t.get("bare_images_per_s")),
-                    num(t.get("brainseg_images_per_s")),
-                    num(t.get("ratio")),
-                    f"{s.get('steps')} × {s.get('rounds')}",
-                ]
-            )
+    out += ["Settings: " + "; ".join(settings_line(m.get("settings", {})) for m in models), ""]
+    train_keys = ("compiled", "bare_images_per_s", "brainseg_images_per_s", "ratio")
+    rows = [
+        [m["model"], num(m.get("params", 0) / 1e6), *nums(t, train_keys), steps(m)]
+        for m in models
+        for t in m["train"]
+    ]
     out += ["Training:", ""]
-    out += table(
-        [
-            "model",
-            "params (M)",
-            "compiled",
-            "bare img/s",
-            "brainseg img/s",
-            "brainseg / bare",
-            "steps × rounds",
-        ],
-        rows,
-    )
+    out += table("model | params (M) | compiled | bare img/s | brainseg img/s | "
+                 "brainseg / bare | steps × rounds", rows)  # fmt: skip
     rows = [
         [
             m["model"],
             f"`{r.get('augment_on', 'loader')}`",
-            num(r.get("workers")),
-            num(r.get("samples_per_s"), 4),
+            *nums(r, ("workers", "samples_per_s"), 4),
             num(r.get("first_batch_s")),
             f"{num(r.get('ratio_to_consumption'))}×",
         ]
-        for m in data["models"]
+        for m in models
         for r in m["loader"]
     ]
     out += ["Training loader:", ""]
-    out += table(
-        ["model", "augment_on", "workers", "samples/s", "first batch (s)", "/ consumption"], rows
-    )
+    out += table("model | augment_on | workers | samples/s | first batch (s) | / consumption", rows)
+    infer_keys = ("compiled", "batch1_ms_median", "batch1_ms_p90", "batch", "batch_images_per_s")
     rows = [
-        [
-            m["model"],
-            f"`{r.get('precision')}`",
-            num(r.get("compiled")),
-            num(r.get("batch1_ms_median")),
-            num(r.get("batch1_ms_p90")),
-            num(r.get("batch")),
-            num(r.get("batch_images_per_s")),
-        ]
-        for m in data["models"]
+        [m["model"], f"`{r.get('precision')}`", *nums(r, infer_keys)]
+        for m in models
         for r in m["inference"]
     ]
     out += ["Inference:", ""]
-    out += table(
-        ["model", "precision", "compiled", "batch-1 ms (median)", "p90", "batch", "img/s"], rows
-    )
-    out += bf16_line(data["models"])
-    projected = [m for m in data["models"] if m.get("projected_run_s") is not None]
+    out += table("model | precision | compiled | batch-1 ms (median) | p90 | batch | img/s", rows)
+    out += bf16_line(models)
+    projected = [m for m in models if m.get("projected_run_s") is not None]
     if projected:
         runs = ", ".join(f"{m['model']} {num(m['projected_run_s'] / 3600)} h" for m in projected)
         line = f"Projected 80-epoch run at these rates: {runs}"
@@ -248,15 +223,17 @@ def render_throughput(data: dict) -> Table:
     return out
 
 
+def steps(model: dict) -> str:
+    settings = model.get("settings", {})
+    return f"{settings.get('steps')} × {settings.get('rounds')}"
+
+
 def bf16_line(models: list[dict]) -> Table:
     """bf16 autocast's batch-1 latency against fp32, per model (eager), where both were timed."""
     ratios = []
     for m in models:
-        ms = {
-            r.get("precision"): r.get("batch1_ms_median")
-            for r in m["inference"]
-            if not r.get("compiled")
-        }
+        eager = [r for r in m["inference"] if not r.get("compiled")]
+        ms = {r.get("precision"): r.get("batch1_ms_median") for r in eager}
         if ms.get("32-true") and ms.get("bf16-mixed"):
             ratios.append(f"{m['model']} {num(ms['bf16-mixed'] / ms['32-true'])}×")
     if not ratios:
@@ -266,40 +243,25 @@ def bf16_line(models: list[dict]) -> Table:
 
 def render_models(data: dict) -> Table:
     out = [MODELS_TEXT, ""]
+    ratio_keys = ("train_ratio_ours_smp", "inference_ratio_ours_smp")
     rows = [
         [
             r["model"],
             f"{r.get('size')}², {r.get('batch')}",
-            num(r.get("params_m")),
-            num(r.get("train_images_per_s")),
-            num(r.get("inference_ms")),
-            num(r.get("train_ratio_ours_smp")) if "vs" in r else "",
-            num(r.get("inference_ratio_ours_smp")) if "vs" in r else "",
+            *nums(r, ("params_m", "train_images_per_s", "inference_ms")),
+            *(nums(r, ratio_keys) if "vs" in r else ["", ""]),
             f"{r.get('warmup_steps')} + {r.get('steps')}",
             num(r.get("load_avg_1min")),
         ]
         for r in data["results"]
     ]
-    out += table(
-        [
-            "model",
-            "input, batch",
-            "params (M)",
-            "train img/s",
-            "batch-1 ms",
-            "ours / smp, train speed",
-            "ours / smp, batch-1 ms",
-            "warm-up + timed steps",
-            "load avg",
-        ],
-        rows,
-    )
+    out += table("model | input, batch | params (M) | train img/s | batch-1 ms | "
+                 "ours / smp, train speed | ours / smp, batch-1 ms | warm-up + timed steps | "
+                 "load avg", rows)  # fmt: skip
     ratios = [r["train_ratio_ours_smp"] for r in data["results"] if "train_ratio_ours_smp" in r]
     if ratios:
-        out += [
-            f"Our FPN trains at {num(min(ratios), 2)}–{num(max(ratios), 2)} of smp's speed here.",
-            "",
-        ]
+        span = f"{num(min(ratios), 2)}–{num(max(ratios), 2)}"
+        out += [f"Our FPN trains at {span} of smp's speed here.", ""]
     if data.get("settings"):
         out += ["Settings:", "", *key_values(data["settings"])]
     return out
@@ -310,31 +272,18 @@ def render_data_pipeline(data: dict) -> Table:
     if data.get("data"):
         out += ["Data: " + ", ".join(f"{k} {num(v)}" for k, v in data["data"].items()), ""]
     cache = data["cache"]
+    row = [*nums(cache, ("build_cold_s", "lookup_existing_s", "load_warm_s")),
+           num(cache.get("size_mb"), 4)]  # fmt: skip
     out += ["Cache:", ""]
-    out += table(
-        ["built (cold, s)", "found (s)", "loaded (warm, s)", "size (MB)"],
-        [
-            [
-                num(cache.get("build_cold_s")),
-                num(cache.get("lookup_existing_s")),
-                num(cache.get("load_warm_s")),
-                num(cache.get("size_mb"), 4),
-            ]
-        ],
-    )
+    out += table("built (cold, s) | found (s) | loaded (warm, s) | size (MB)", [row])
     loader = data["train_loader"]
+    keys = ("seconds", "batches", "first_batch_s")
     rows = [
-        [
-            f"`{workers}`",
-            num(r.get("samples_per_s"), 4),
-            num(r.get("seconds")),
-            num(r.get("batches")),
-            num(r.get("first_batch_s")),
-        ]
+        [f"`{workers}`", num(r.get("samples_per_s"), 4), *nums(r, keys)]
         for workers, r in loader.get("by_num_workers", {}).items()
     ]
     out += [f"Training loader (batch {loader.get('batch_size')}):", ""]
-    out += table(["workers", "samples/s", "seconds", "batches", "first batch (s)"], rows)
+    out += table("workers | samples/s | seconds | batches | first batch (s)", rows)
     if loader.get("augment"):
         out += ["Augmentation:", "", *key_values(loader["augment"])]
     return out
