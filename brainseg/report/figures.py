@@ -1,19 +1,46 @@
-"""Report figures (PNG): learning curves, per-image Dice distributions, Dice against speed."""
+"""Report figures (PNG): learning curves, per-image Dice distributions, Dice against speed.
+
+Every figure draws a model in the colour `model_colors` gives it, and summarises runs by
+medians and quartiles: a mean ± std lets one outlier run drag a bar past what is possible.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from brainseg.report.collect import Sweep
 
 # The figure API without pyplot: no GUI backend and no global state, safe in any process.
-COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
-CURVES = (("val/dice", "validation Dice"), ("train/loss", "training loss"))
+
+# Okabe & Ito's palette, told apart with every common colour-vision deficiency.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000")
+# The study's models keep their colours in every report, whatever else a sweep compares.
+FIXED_COLORS = {"unet": PALETTE[0], "fpn": PALETTE[1]}
+CURVES = (("val/dice", "validation Dice", "Dice"), ("train/loss", "training loss", "loss"))
+# Above this max/min ratio the time axis is logarithmic (CPU runs next to the study's GPU ones).
+LOG_TIME_RATIO = 10.0
+
+
+def model_colors(models: Iterable[str]) -> dict[str, str]:
+    """One colour per model (or variant): unet and fpn always get the same two, the others the
+    rest of the palette in sorted order, so a figure's colours never depend on plotting order."""
+    colors = {m: FIXED_COLORS[m] for m in models if m in FIXED_COLORS}
+    free = [c for c in PALETTE if c not in FIXED_COLORS.values()]
+    others = sorted({m for m in models if m not in FIXED_COLORS})
+    colors |= {m: free[i % len(free)] for i, m in enumerate(others)}
+    return colors
+
+
+def shown_variants(sweep: Sweep) -> list[str]:
+    """The variants with a used run, in sweep order: the models every figure shows."""
+    return [v for v in sweep.variants if sweep.runs_of(v)]
 
 
 def save(fig: Figure, path: Path) -> Path:
@@ -22,29 +49,39 @@ def save(fig: Figure, path: Path) -> Path:
 
 
 def learning_curves(sweep: Sweep, path: Path) -> Path | None:
-    """Validation Dice and training loss per epoch: mean over runs, min-max band, per model."""
+    fig = learning_curves_figure(sweep)
+    return None if fig is None else save(fig, path)
+
+
+def learning_curves_figure(sweep: Sweep) -> Figure | None:
+    """Validation Dice and training loss per epoch: each run a thin line, the median over runs
+    a thick one, per model; None when no run has a log."""
+    variants = shown_variants(sweep)
     histories = {
-        v: [r.history for r in sweep.runs_of(v) if r.history is not None] for v in sweep.variants
+        v: [r.history for r in sweep.runs_of(v) if r.history is not None] for v in variants
     }
     if not any(histories.values()):
         return None
-    fig = Figure(figsize=(11, 4))
+    colors = model_colors(variants)
+    fig = Figure(figsize=(11, 4), layout="constrained")
     axes = fig.subplots(1, len(CURVES))
-    for ax, (key, title) in zip(axes, CURVES, strict=False):
-        for color, (variant, runs) in zip(COLORS * 3, histories.items(), strict=False):
-            curves = [_column(h, key) for h in runs]
-            curves = [c for c in curves if c is not None]
+    for ax, (key, title, ylabel) in zip(axes, CURVES, strict=True):
+        for variant, runs in histories.items():
+            curves = [c for c in (_column(h, key) for h in runs) if c is not None]
             if not curves:
                 continue
             frame = pd.concat(curves, axis=1)  # epochs x runs
             epochs = frame.index.to_numpy() + 1
-            ax.plot(epochs, frame.mean(axis=1), color=color, label=f"{variant} (n={len(curves)})")
-            ax.fill_between(epochs, frame.min(axis=1), frame.max(axis=1), color=color, alpha=0.2)
-        ax.set(xlabel="epoch", title=f"{title} (mean, min–max over runs)")
+            color = colors[variant]
+            ax.plot(epochs, frame.to_numpy(), color=color, lw=0.8, alpha=0.35, gid=variant)
+            label = f"{variant} (n={len(curves)})"
+            median = frame.median(axis=1)
+            ax.plot(epochs, median, color=color, linewidth=2.2, label=label, gid=variant)
+        ax.set(xlabel="epoch", ylabel=ylabel, title=f"{title}: median (thick), each run (thin)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend()
-    return save(fig, path)
+        ax.legend(fontsize="small")
+    return fig
 
 
 def _column(history: pd.DataFrame, key: str) -> pd.Series | None:
@@ -56,84 +93,147 @@ def _column(history: pd.DataFrame, key: str) -> pd.Series | None:
 
 
 def dice_distribution(per_image: dict[str, pd.DataFrame], path: Path) -> Path | None:
-    """Per-slice Dice (averaged over runs) per model: violin, box and the points themselves."""
+    fig = dice_distribution_figure(per_image)
+    return None if fig is None else save(fig, path)
+
+
+def dice_distribution_figure(per_image: dict[str, pd.DataFrame]) -> Figure | None:
+    """Per-slice Dice (averaged over runs) per model: violin, box (median, quartiles) and the
+    slices themselves as dots; None when no model has a slice."""
     variants = [v for v, f in per_image.items() if len(f)]
     if not variants:
         return None
-    fig = Figure(figsize=(1.8 + 2.2 * len(variants), 4.5))
+    colors = model_colors(variants)
+    fig = Figure(figsize=(1.8 + 2.2 * len(variants), 4.5), layout="constrained")
     ax = fig.subplots()
     data = [per_image[v]["dice"].dropna().to_numpy() for v in variants]
     positions = np.arange(1, len(variants) + 1)
-    ax.violinplot(data, positions, showextrema=False)
-    ax.boxplot(data, positions=positions, widths=0.15, showfliers=False)
+    violins = ax.violinplot(data, positions, showextrema=False)
+    for body, variant in zip(violins["bodies"], variants, strict=True):
+        body.set(facecolor=colors[variant], edgecolor=colors[variant], alpha=0.25, gid=variant)
+    ax.boxplot(
+        data,
+        positions=positions,
+        widths=0.15,
+        showfliers=False,
+        medianprops={"color": "black", "linewidth": 1.5},
+    )
     rng = np.random.default_rng(0)
-    for pos, values, color in zip(positions, data, COLORS * 3, strict=False):
+    for pos, values, variant in zip(positions, data, variants, strict=True):
         jitter = rng.uniform(-0.12, 0.12, size=values.size)
-        ax.scatter(pos + jitter, values, s=6, alpha=0.5, color=color)
-    labels = [f"{v}\n(mean {d.mean():.3f})" for v, d in zip(variants, data, strict=True)]
+        ax.scatter(pos + jitter, values, s=6, alpha=0.5, color=colors[variant], gid=variant)
+    labels = [
+        f"{v} (n={d.size})\nmedian {np.median(d):.3f}, mean {d.mean():.3f}"
+        for v, d in zip(variants, data, strict=True)
+    ]
     ax.set_xticks(positions, labels)
     ax.set(
         ylabel="Dice per test slice (mean over runs)",
         ylim=(-0.03, 1.03),
-        title="Per-slice Dice distribution",
+        title="Per-slice Dice: box = median and quartiles",
     )
     ax.grid(axis="y", alpha=0.3)
-    return save(fig, path)
+    return fig
 
 
 def dice_vs_ms(sweep: Sweep, path: Path, study: pd.DataFrame | None = None) -> Path | None:
-    """Quality against speed: a point per run, mean ± std per model, the study's as hollow marks."""
-    fig = Figure(figsize=(6, 4.5))
+    fig = dice_vs_ms_figure(sweep, study)
+    return None if fig is None else save(fig, path)
+
+
+def dice_vs_ms_figure(sweep: Sweep, study: pd.DataFrame | None = None) -> Figure | None:
+    """Quality against speed: a dot per run, the median per model with bars from the first to
+    the third quartile, the study's published mean ± std as hollow marks; None without timings.
+    The time axis stays positive, and turns logarithmic when the times span a wide range."""
+    variants = shown_variants(sweep)
+    colors = model_colors(variants)
+    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
     ax = fig.subplots()
-    plotted = False
-    for color, variant in zip(COLORS * 3, sweep.variants, strict=False):
+    times = []
+    for variant in variants:
         runs = [r for r in sweep.runs_of(variant) if {"dice", "inference_ms"} <= r.test.keys()]
         if not runs:
             continue
-        ms = np.array([r.test["inference_ms"] for r in runs])
-        dice = np.array([r.test["dice"] for r in runs])
-        ax.scatter(ms, dice, color=color, alpha=0.5, s=18)
-        ax.errorbar(
-            ms.mean(),
-            dice.mean(),
-            xerr=_std(ms),
-            yerr=_std(dice),
-            color=color,
+        ms = np.array([r.test["inference_ms"] for r in runs], dtype=float)
+        dice = np.array([r.test["dice"] for r in runs], dtype=float)
+        ax.scatter(ms, dice, color=colors[variant], alpha=0.45, s=18, gid=variant)
+        bars = ax.errorbar(
+            np.median(ms),
+            np.median(dice),
+            xerr=_quartile_bars(ms),
+            yerr=_quartile_bars(dice),
+            color=colors[variant],
             marker="o",
             markersize=8,
             capsize=4,
-            label=f"{variant} (n={len(runs)})",
+            label=f"{variant}: median, quartiles (n={len(runs)})",
         )
-        plotted = True
-    if not plotted:
+        _name(bars, variant)
+        times.append(ms)
+    if not times:
         return None
     if study is not None:
-        for marker, (_, rows) in zip("sDv^", study.groupby("model", sort=False), strict=False):
-            rows = rows.set_index("metric")
-            ax.errorbar(
-                rows.loc["inference_ms", "mean"],
-                rows.loc["dice", "mean"],
-                xerr=rows.loc["inference_ms", "std"],
-                yerr=rows.loc["dice", "std"],
-                color="grey",
-                marker=marker,
-                mfc="none",
-                capsize=3,
-                linestyle="none",
-                label=f"study {rows['label'].iloc[0]} (its GPU)",
-            )
-    low, high = ax.get_xlim()
-    if low > 0 and high / low > 20:  # CPU runs next to the study's GPU timings
-        ax.set_xscale("log")
+        times += _study_marks(ax, study, colors)
+    _time_axis(ax, np.concatenate(times))
     ax.set(
         xlabel="inference time per image (ms, batch 1)",
         ylabel="test Dice",
-        title="Quality against speed",
+        title="Quality against speed (dots: single runs)",
     )
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small")
-    return save(fig, path)
+    return fig
 
 
-def _std(values: np.ndarray) -> float:
-    return float(values.std(ddof=1)) if values.size > 1 else 0.0
+def _quartile_bars(values: np.ndarray) -> np.ndarray:
+    """Distances from the median down to the first and up to the third quartile, (2, 1)."""
+    q1, median, q3 = np.percentile(values, [25, 50, 75])
+    return np.array([[median - q1], [q3 - median]])
+
+
+def _study_marks(ax, study: pd.DataFrame, colors: dict[str, str]) -> list[np.ndarray]:
+    """The study's models (it publishes mean ± std only), hollow, in the colour of the same
+    model here; returns the times they span, for the axis limits."""
+    spans = []
+    for marker, (model, rows) in zip("sDv^", study.groupby("model", sort=False), strict=False):
+        rows = rows.set_index("metric")
+        ms, ms_std = rows.loc["inference_ms", ["mean", "std"]]
+        bars = ax.errorbar(
+            ms,
+            rows.loc["dice", "mean"],
+            xerr=ms_std,
+            yerr=rows.loc["dice", "std"],
+            color=colors.get(model, "grey"),
+            marker=marker,
+            mfc="none",
+            capsize=3,
+            linestyle="none",
+            label=f"study {rows['label'].iloc[0]}: mean ± std (its GPU)",
+        )
+        _name(bars, f"study {model}")
+        spans.append(np.array([ms - ms_std, ms + ms_std]))
+    return spans
+
+
+def _name(bars: ErrorbarContainer, gid: str) -> None:
+    # The model's name as the id of each part (as of every per-model artist): a reader of the
+    # Figure (a test, an SVG) finds what belongs to which model.
+    for artist in bars.get_children():
+        artist.set_gid(gid)
+
+
+def _time_axis(ax, times: np.ndarray) -> None:
+    """Limits around the positive times only: a bar reaching below 0 ms is cut, never shown."""
+    positive = times[np.isfinite(times) & (times > 0)]
+    if positive.size == 0:
+        return
+    low, high = positive.min(), positive.max()
+    if high / low > LOG_TIME_RATIO:
+        ax.set_xscale("log")
+        ax.set_xlim(low / 1.5, high * 1.5)
+        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        return
+    pad = 0.08 * (high - low) if high > low else 0.1 * low
+    ax.set_xlim(max(low - pad, low / 2), high + pad)

@@ -1,21 +1,38 @@
-"""Qualitative grids: image, truth and each model's prediction for the best, median and worst
-test slices (ranked by Dice averaged over runs and models), like the study's figures 12-13."""
+"""Qualitative grids: the image and each model's prediction, coloured by outcome against the
+truth, for the best, median and worst test slices (ranked by Dice averaged over runs and
+models), like the study's figures 12-13."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
+from brainseg.data.sources import LABEL_NAMES
 from brainseg.report.collect import Run, Sweep
 from brainseg.report.figures import save
+
+if TYPE_CHECKING:  # torch loads only when a grid is drawn
+    from torch import Tensor
 
 log = logging.getLogger(__name__)
 
 RANKS = ("best", "median", "worst")
+# Okabe & Ito's yellow, vermillion and sky blue: told apart with every common colour-vision
+# deficiency, and unlike the grey of the slice underneath. The truth is TP + FN.
+OUTCOME_COLORS = {
+    "true positive (tumor found)": "#F0E442",
+    "false positive (predicted, not tumor)": "#D55E00",
+    "false negative (tumor missed)": "#56B4E9",
+}
+OVERLAY_ALPHA = 0.65
 
 
 def pick_slices(
@@ -59,7 +76,7 @@ def qualitative_grids(
     paths = []
     for rank in RANKS:
         path = out_dir / f"qualitative_{rank}.png"
-        paths.append(_grid(rank, picks[rank], slices, path))
+        paths.append(save(grid_figure(rank, picks[rank], slices), path))
     return paths
 
 
@@ -76,8 +93,29 @@ def _checkpoint(run: Run) -> Path | None:
     return Path(recorded) if recorded and Path(recorded).is_file() else None
 
 
-def _predict_slices(run: Run, ids: list[str]) -> dict[str, dict[str, np.ndarray]]:
-    """{id: {"image", "mask", "prob"}} at the run's training size, from its own test set."""
+def run_threshold(run: Run, checkpoint_config: dict | None = None) -> float:
+    """The probability threshold the run was tested with: its .hydra/config.yaml, else the
+    config saved in its checkpoint."""
+    for config in (run.config, checkpoint_config or {}):
+        threshold = (config.get("metrics") or {}).get("threshold")
+        if threshold is not None:
+            return float(threshold)
+    raise KeyError(
+        f"{run.name}: no metrics.threshold in {run.job_dir}/.hydra/config.yaml nor in its "
+        "checkpoint's config; the grids need the threshold the run was tested with"
+    )
+
+
+def predict_mask(module: Callable[[Tensor], Tensor], image: Tensor, threshold: float) -> np.ndarray:
+    """The (H, W) bool mask `module` predicts for one (C, H, W) image, by brainseg's one rule."""
+    from brainseg.metrics import probabilities, to_masks
+
+    return to_masks(probabilities(module(image[None])), threshold)[0, 0].cpu().numpy()
+
+
+def _predict_slices(run: Run, ids: list[str]) -> dict[str, dict]:
+    """{id: {"image", "mask", "pred", "dice", "pid", "label", "run"}} at the run's training size,
+    from its own test set, thresholded as the run was tested."""
     import torch
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -86,6 +124,7 @@ def _predict_slices(run: Run, ids: list[str]) -> dict[str, dict[str, np.ndarray]
 
     module = load_module(_checkpoint(run))
     config = OmegaConf.create(module.hparams.config)
+    threshold = run_threshold(run, module.hparams.config)
     datamodule = instantiate(config.data)
     datamodule.prepare_data()
     datamodule.setup("test")
@@ -100,49 +139,76 @@ def _predict_slices(run: Run, ids: list[str]) -> dict[str, dict[str, np.ndarray]
             if sample_id not in index:
                 raise KeyError(f"slice {sample_id} is not in {run.name}'s test set")
             item = dataset[index[sample_id]]
-            prob = torch.sigmoid(module(item["image"][None]).float())[0, 0].numpy()
             out[sample_id] = {
                 "image": datamodule.data.images[cached[sample_id]],
-                "mask": item["mask"][0].numpy(),
-                "prob": prob,
+                "mask": item["mask"][0].numpy() > 0,
+                "pred": predict_mask(module, item["image"], threshold),
                 "dice": float(dice.get(sample_id, np.nan)),
+                "pid": str(item["pid"]),
+                "label": int(item["label"]),
                 "run": run.name,
             }
     return out
 
 
-def _grid(rank: str, ids: list[str], slices: dict[str, dict], path: Path) -> Path:
+def outcome_overlay(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """RGBA (H, W, 4): each pixel in the colour of OUTCOME_COLORS for true positive, false
+    positive or false negative; transparent where both truth and prediction are empty."""
+    truth, pred = np.asarray(truth, dtype=bool), np.asarray(pred, dtype=bool)
+    if truth.shape != pred.shape:
+        raise ValueError(f"truth {truth.shape} and prediction {pred.shape} differ in shape")
+    overlay = np.zeros((*truth.shape, 4))
+    for where, color in zip(
+        (truth & pred, ~truth & pred, truth & ~pred), OUTCOME_COLORS.values(), strict=True
+    ):
+        overlay[where] = (*to_rgb(color), OVERLAY_ALPHA)
+    return overlay
+
+
+def slice_caption(sample_id: str, shown: dict) -> str:
+    """What a tile shows, in the data's own names: `slice 12 · glioma · patient P003`."""
+    kind = LABEL_NAMES.get(int(shown["label"]), f"label {shown['label']}")
+    pid = shown.get("pid") or "unknown"
+    return f"slice {sample_id} · {kind} · patient {pid}"
+
+
+def grid_figure(rank: str, ids: list[str], slices: dict[str, dict[str, dict]]) -> Figure:
+    """A row per slice: the image, then each model's prediction coloured by outcome against the
+    truth (true positive, false positive, false negative), titled with the slice and its Dice.
+
+    Args:
+        rank: "best", "median" or "worst", for the title.
+        ids: the slices, one row each.
+        slices: model -> slice id -> {"image", "mask", "pred", "dice", "pid", "label", "run"}.
+    """
     variants = list(slices)
-    columns = ["image", "truth", *variants]
-    fig = Figure(figsize=(2.4 * len(columns), 2.5 * len(ids)))
-    axes = np.atleast_2d(fig.subplots(len(ids), len(columns), squeeze=False))
+    columns = ["image", *variants]
+    fig = Figure(figsize=(2.7 * len(columns), 2.6 * len(ids) + 0.8), layout="constrained")
+    axes = fig.subplots(len(ids), len(columns), squeeze=False)
     first = slices[variants[0]]
     for row, sample_id in enumerate(ids):
-        image, mask = first[sample_id]["image"], first[sample_id]["mask"]
-        _show(axes[row, 0], image, None, f"slice {sample_id}")
-        _show(axes[row, 1], image, mask, "truth", color=(0.1, 0.9, 0.1))
-        for col, variant in enumerate(variants, start=2):
+        caption = slice_caption(sample_id, first[sample_id])
+        # The label names the patient's tumor type, also on a slice that shows none of it.
+        what = "image" if first[sample_id]["mask"].any() else "image: no tumor on this slice"
+        _show(axes[row, 0], first[sample_id]["image"], None, f"{caption}\n{what}")
+        for col, variant in enumerate(variants, start=1):
             shown = slices[variant][sample_id]
-            _show(
-                axes[row, col],
-                shown["image"],
-                shown["prob"] >= 0.5,
-                f"{variant}: Dice {shown['dice']:.3f}",
-                color=(0.9, 0.2, 0.1),
-            )
+            overlay = outcome_overlay(shown["mask"], shown["pred"])
+            title = f"{caption}\n{variant}: Dice {shown['dice']:.3f}"
+            _show(axes[row, col], shown["image"], overlay, title)
+    handles = [Patch(color=c, label=name) for name, c in OUTCOME_COLORS.items()]
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8, frameon=False)
     runs = ", ".join(s[ids[0]]["run"] for s in slices.values())
     fig.suptitle(
         f"{rank} test slices by Dice averaged over runs and models; predictions of {runs}",
         fontsize=9,
     )
-    return save(fig, path)
+    return fig
 
 
-def _show(ax, image: np.ndarray, mask: np.ndarray | None, title: str, color=(1, 0, 0)) -> None:
+def _show(ax, image: np.ndarray, overlay: np.ndarray | None, title: str) -> None:
     ax.imshow(image, cmap="gray", vmin=0, vmax=255)
-    if mask is not None:
-        overlay = np.zeros((*mask.shape, 4))
-        overlay[mask > 0] = (*color, 0.45)
-        ax.imshow(overlay)
-    ax.set_title(title, fontsize=8)
+    if overlay is not None:
+        ax.imshow(overlay, interpolation="nearest")
+    ax.set_title(title, fontsize=7.5)
     ax.axis("off")
