@@ -11,8 +11,9 @@ from typing import Any
 import torch
 
 
-def _sync(device: torch.device) -> None:
-    # CUDA kernels run asynchronously: without a sync the clock stops before the work is done.
+def synchronize(device: torch.device) -> None:
+    """Waits for the work queued on `device`: CUDA kernels run asynchronously, and without
+    this a clock stops before the work is done. Nothing to wait for on the CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -41,12 +42,12 @@ def time_forward(
     with context():
         for _ in range(warmup):
             forward(example)
-        _sync(example.device)
+        synchronize(example.device)
         times = []
         for _ in range(iters):
             start = time.perf_counter()
             forward(example)
-            _sync(example.device)
+            synchronize(example.device)
             times.append((time.perf_counter() - start) * 1000.0)
     return times
 

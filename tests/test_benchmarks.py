@@ -1,4 +1,4 @@
-"""The benchmark scripts run end to end on tiny settings (their numbers are not checked)."""
+"""The benchmark scripts run end to end on tiny settings (their timings are not checked)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,14 @@ import importlib.util
 import json
 import os
 import subprocess
+from types import SimpleNamespace
 
 import pytest
+from pytorch_lightning.callbacks import ModelCheckpoint
 
-from .conftest import REPO_ROOT
+from brainseg.train import build_trainer
+
+from .conftest import REPO_ROOT, compose_config
 
 
 def load_script(name: str):
@@ -22,26 +26,77 @@ def load_script(name: str):
 def test_throughput_benchmark_measures_every_path_and_writes_its_json(tmp_path):
     throughput = load_script("throughput")
     out = tmp_path / "throughput.json"
-    args = ["--preset", "smoke", "--steps", "1", "--warmup", "1", "--rounds", "1"]
+    args = ["--preset", "smoke", "--steps", "2", "--warmup", "1", "--rounds", "2"]
     args += ["--workers", "0", "--loader-batches", "2", "--latency-iters", "2"]
-    args += ["--infer-batch", "2", "--infer-iters", "1", "--data-dir", str(tmp_path / "data")]
+    args += ["--infer-batch", "3", "--infer-iters", "1", "--data-dir", str(tmp_path / "data")]
     results = throughput.main([*args, "--out", str(out)])
 
     assert json.loads(out.read_text()) == json.loads(json.dumps(results))
+    assert list(results) == ["command", "machine", "models", "wall_time_s"]  # no projection
     assert [m["model"] for m in results["models"]] == ["unet", "fpn"]
+    smoke = compose_config(["experiment=smoke", "paths.output_dir=unused"])
     for model in results["models"]:
-        train = model["train"][0]
+        assert model["params"] > 0 and model["projected_run_s"] is None
+        settings = model["settings"]
+        # The protocol is the smoke preset's, the runtime the CPU's.
+        assert settings["image_size"] == smoke.data.image_size
+        assert settings["batch_size"] == smoke.data.batch_size
+        assert settings["precision"] == "32-true" and settings["channels_last"] is False
+        assert settings["model"]["name"] == model["model"]
+        (train,) = model["train"]
+        assert train["compiled"] is False
+        assert [len(times) for times in train["round_s"].values()] == [2, 2]
+        assert train["bare_images_per_s"] > 0 and train["brainseg_images_per_s"] > 0
         assert train["ratio"] == pytest.approx(
             train["brainseg_images_per_s"] / train["bare_images_per_s"]
         )
-        assert {row["augment_on"] for row in model["loader"]} == {"loader", "device"}
-        assert all(row["samples_per_s"] > 0 for row in model["loader"])
-        assert {row["precision"] for row in model["inference"]} == {"32-true", "bf16-mixed"}
-        assert model["projected_run_s"] is None  # projected at the study's settings only
-    assert "projected_study_sweep_h" not in results
+        assert [row["augment_on"] for row in model["loader"]] == ["loader", "device"]
+        for row in model["loader"]:
+            assert row["samples_per_s"] > 0 and row["first_batch_s"] > 0
+            assert row["ratio_to_consumption"] == pytest.approx(
+                row["samples_per_s"] / train["bare_images_per_s"]
+            )
+        assert [row["precision"] for row in model["inference"]] == ["32-true", "bf16-mixed"]
+        for row in model["inference"]:
+            assert row["batch"] == 3 and not row["compiled"]
+            assert 0 < row["batch1_ms_median"] <= row["batch1_ms_p90"]
+            assert row["batch_images_per_s"] > 0
 
 
-def test_study_sweep_projection_is_the_protocol_at_the_measured_rates():
+def test_round_config_is_the_preset_with_the_runtime_flags_as_overrides(tmp_path):
+    throughput = load_script("throughput")
+    args = throughput.parse_args(["--channels-last", "on", "--precision", "bf16-mixed"])
+    assert (args.preset, args.steps, args.warmup, args.compile) == ("cpu", 10, 2, False)
+    cfg = throughput.compose_cfg(args, "fpn", tmp_path, compiled=True)
+
+    cpu = compose_config(["experiment=cpu", "model=fpn", "paths.output_dir=unused"])
+    assert cfg.data.image_size == cpu.data.image_size
+    assert cfg.model.backbone == cpu.model.backbone
+    assert cfg.trainer.max_epochs == cpu.trainer.max_epochs
+    assert cfg.runtime.compile is True and cfg.runtime.channels_last is True
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.max_steps == 12
+    trainer = build_trainer(cfg, loggers=[])
+    assert trainer.logger is None and trainer.max_steps == 12
+    assert not any(isinstance(c, ModelCheckpoint) for c in trainer.callbacks)
+    # The study preset on a CPU: few steps, a small inference batch.
+    study = throughput.parse_args(["--preset", "study"])
+    assert (study.steps, study.infer_batch) == (3, 4)
+
+
+def test_study_run_reads_epochs_and_fractions_from_the_config():
+    throughput = load_script("throughput")
+    cfg = compose_config(
+        ["paths.output_dir=unused", "trainer.max_epochs=7", "data.fractions=[0.5,0.25,0.25]"]
+    )
+    synthetic = SimpleNamespace(data="synthetic")
+    # Synthetic data: the config's fractions of the figshare set's 3064 slices.
+    assert throughput.study_run(cfg, None, synthetic) == {"train": 1532, "val": 766, "epochs": 7}
+    folder = SimpleNamespace(subset_sizes=lambda: {"train": 40, "val": 9, "test": 8})
+    run = throughput.study_run(cfg, folder, SimpleNamespace(data="folder"))
+    assert run == {"train": 40, "val": 9, "epochs": 7}  # the real split
+
+
+def test_projected_run_is_the_epochs_at_the_measured_rates():
     throughput = load_script("throughput")
     train = {"compiled": False, "brainseg_images_per_s": 100.0}
     infer = [
@@ -49,9 +104,10 @@ def test_study_sweep_projection_is_the_protocol_at_the_measured_rates():
         {"compiled": False, "precision": "bf16-mixed", "batch_images_per_s": 400.0},
         {"compiled": True, "precision": "bf16-mixed", "batch_images_per_s": 800.0},
     ]
-    # 80 epochs of 2134 training slices at 100 img/s and 468 validation slices at 400 img/s.
+    run = {"train": 2134, "val": 468, "epochs": 80}
+    # Training at brainseg's rate; validation at the eager rate in the training precision.
     expected = 80 * (2134 / 100.0 + 468 / 400.0)
-    assert throughput.projected_run_s(train, infer, "bf16-mixed") == pytest.approx(expected)
+    assert throughput.projected_run_s(train, infer, "bf16-mixed", run) == pytest.approx(expected)
 
 
 @pytest.mark.slow
