@@ -20,7 +20,6 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from brainseg import CONF_DIR
 from brainseg.atomic import atomic_path
 from brainseg.module import load_module
 
@@ -119,7 +118,7 @@ def _max_diff(net: nn.Module, inputs: list[torch.Tensor], run) -> float:
 
 
 # Absolute, so that `main` also finds conf/ when called in-process (tests), not only via -m.
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="export")
+@hydra.main(version_base="1.3", config_path="conf", config_name="export")
 def main(cfg: DictConfig) -> float:
     e = cfg.export
     path, diff = export(

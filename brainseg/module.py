@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 
+from brainseg.config import resolve_channels_last
 from brainseg.data.sources import natural_key
 from brainseg.metrics import (
     PerImageDice,
@@ -60,7 +61,8 @@ class SegmentationModule(pl.LightningModule):
         config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters({"config": config or {}})
+        # In checkpoints only: the loggers get the run configuration once, from train.py.
+        self.save_hyperparameters({"config": config or {}}, logger=False)
         self.net = net
         self.loss = loss
         self.optimizer_factory = optimizer
@@ -212,9 +214,6 @@ class SegmentationModule(pl.LightningModule):
 
         return forward
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return torch.sigmoid(self(batch["image"]).float())
-
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(params=self.net.parameters())
         if self.scheduler_factory is None:
@@ -265,8 +264,8 @@ def build_module(
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         metrics=OmegaConf.to_container(cfg.metrics),
         timing=OmegaConf.to_container(cfg.timing),
-        compile=bool(cfg.trainer.get("compile", False)),
-        channels_last=bool(cfg.trainer.get("channels_last", False)),
+        compile=bool(cfg.runtime.compile),
+        channels_last=resolve_channels_last(cfg.runtime.channels_last, cfg.trainer.accelerator),
         config=config,
     )
 
@@ -301,7 +300,7 @@ def load_module(
     """Rebuilds a trained `SegmentationModule` from its checkpoint alone, in eval mode."""
     checkpoint = read_checkpoint(ckpt_path, map_location)
     config = checkpoint["hyper_parameters"]["config"]
-    config["trainer"]["compile"] = False
+    config["runtime"]["compile"] = False
     module = build_module(config, load_pretrained=False)
     module.load_state_dict(checkpoint["state_dict"])
     return module.eval()

@@ -25,12 +25,12 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
-from brainseg import CONF_DIR
 from brainseg.atomic import atomic_path, write_csv
 from brainseg.data.cache import resize_image, to_uint8
 from brainseg.data.figshare import read_mat
 from brainseg.data.folder import read_image
 from brainseg.data.transforms import build_transforms
+from brainseg.metrics import probabilities, to_masks
 from brainseg.module import SegmentationModule, load_module
 
 log = logging.getLogger(__name__)
@@ -98,9 +98,9 @@ def predict_probabilities(
     module: SegmentationModule, images: torch.Tensor, tta: bool
 ) -> torch.Tensor:
     """Tumor probabilities (B, 1, H, W); with `tta`, averaged with the horizontally flipped pass."""
-    probs = torch.sigmoid(module(images).float())
+    probs = probabilities(module(images))
     if tta:
-        flipped = torch.sigmoid(module(images.flip(-1)).float()).flip(-1)
+        flipped = probabilities(module(images.flip(-1))).flip(-1)
         probs = (probs + flipped) / 2
     return probs
 
@@ -109,7 +109,7 @@ def to_original_size(prob: torch.Tensor, shape: tuple[int, int], threshold: floa
     """Binary uint8 mask (0/255) at `shape`: the probability resized bilinearly, then thresholded
     (thresholding first would make the mask's edge blocky when enlarging)."""
     prob = F.interpolate(prob[None, None], size=shape, mode="bilinear", align_corners=False)[0, 0]
-    return ((prob >= threshold).to(torch.uint8) * 255).cpu().numpy()
+    return (to_masks(prob, threshold).to(torch.uint8) * 255).cpu().numpy()
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float) -> np.ndarray:
@@ -218,7 +218,7 @@ def _save_png(image: Image.Image, path: Path) -> None:
 
 
 # Absolute, so that `main` also finds conf/ when called in-process (tests), not only via -m.
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
     p = cfg.predict
     result = predict(

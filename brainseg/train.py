@@ -25,47 +25,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from pytorch_lightning.loggers import CSVLogger, Logger
 from pytorch_lightning.utilities import rank_zero_only
 
-from brainseg import CONF_DIR
 from brainseg.atomic import write_csv, write_json
 from brainseg.callbacks import AtomicCheckpointIO
+from brainseg.config import gpu_of_job  # noqa: F401  (registers the resolver)
 from brainseg.models.input_size import check_image_size
 from brainseg.module import build_module, read_checkpoint
+from brainseg.tracking import finish_wandb, log_run_summary, wandb_logger
 
 log = logging.getLogger(__name__)
-
-
-# Keys of `trainer` that configure brainseg, not the Lightning Trainer.
-_OWN_TRAINER_KEYS = ("compile", "channels_last", "matmul_precision")
-
-
-def gpu_of_job(job_num: int) -> list[int]:
-    """The GPU of the sweep's job `job_num` when jobs run side by side (trainer=gpu_per_job)."""
-    count = torch.cuda.device_count()
-    if count == 0:
-        raise RuntimeError(
-            "trainer=gpu_per_job needs CUDA GPUs and none is visible; use trainer=cpu"
-        )
-    return [int(job_num) % count]
-
-
-OmegaConf.register_new_resolver("gpu_of_job", gpu_of_job, replace=True)
-
-
-def resolve_precision(requested: str | int | None, accelerator: str) -> str:
-    """`auto` becomes bf16-mixed on CUDA GPUs that support it, 16-mixed on older ones, else 32."""
-    if requested not in (None, "auto"):
-        return str(requested)
-    on_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    if not on_cuda:
-        return "32-true"
-    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-
-
-def resolve_channels_last(requested: bool | str | None, accelerator: str) -> bool:
-    """`auto` turns NHWC on where it pays: convolutions on CUDA tensor cores."""
-    if requested in (None, "auto"):
-        return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return bool(requested)
 
 
 def git_commit() -> str | None:
@@ -87,23 +54,6 @@ def git_commit() -> str | None:
     return f"{commit}-dirty" if dirty else commit
 
 
-def sweep_group() -> str | None:
-    """One name per Hydra multirun sweep (its directory), so W&B groups a sweep's runs."""
-    if not HydraConfig.initialized():
-        return None
-    hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return None
-    return str(Path(hydra_cfg.sweep.dir)).replace(os.sep, "_")
-
-
-def wandb_has_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
-
-
 def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
     """A CSV log in every run (`csv/metrics.csv`), plus the configured loggers."""
     previous = output_dir / "csv" / "metrics.csv"
@@ -113,40 +63,14 @@ def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
     loggers: list[Logger] = [CSVLogger(save_dir=output_dir, name="", version="csv")]
     for name, logger_cfg in (cfg.get("logger") or {}).items():
         if name == "wandb":
-            loggers.append(_wandb_logger(cfg, logger_cfg))
+            loggers.append(wandb_logger(cfg, logger_cfg))
         else:
             loggers.append(instantiate(logger_cfg))
     return loggers
 
 
-def _wandb_logger(cfg: DictConfig, logger_cfg: DictConfig) -> Logger:
-    logger_cfg = logger_cfg.copy()
-    if logger_cfg.get("group") is None:
-        logger_cfg.group = sweep_group()
-    if (
-        not logger_cfg.get("offline")
-        and os.environ.get("WANDB_MODE") != "offline"
-        and not wandb_has_credentials()
-    ):
-        logger_cfg.offline = True
-        log.warning(
-            "W&B: no credentials (WANDB_API_KEY or `wandb login`) found, logging offline under "
-            "%s/wandb; upload later with `wandb sync %s/wandb/offline-run-*`, or use logger=csv.",
-            cfg.paths.output_dir,
-            cfg.paths.output_dir,
-        )
-    logger = instantiate(logger_cfg)
-    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    return logger
-
-
 def build_trainer(cfg: DictConfig, loggers: list[Logger]) -> pl.Trainer:
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    for key in _OWN_TRAINER_KEYS:
-        trainer_cfg.pop(key, None)
-    trainer_cfg["precision"] = resolve_precision(
-        trainer_cfg.get("precision"), str(trainer_cfg.get("accelerator", "auto"))
-    )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     return instantiate(
         trainer_cfg,
@@ -166,6 +90,8 @@ def debug_reason(trainer_cfg: DictConfig) -> str | None:
         return f"max_steps={trainer_cfg.max_steps}"
     if trainer_cfg.get("overfit_batches"):
         return f"overfit_batches={trainer_cfg.overfit_batches}"
+    if trainer_cfg.get("profiler"):
+        return "profiler"
     for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
         if trainer_cfg.get(key) not in (None, 1.0):
             return f"{key}={trainer_cfg[key]}"
@@ -189,31 +115,71 @@ def pin_ddp_workers_to_this_job() -> None:
         hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def config_of_checkpoint(
+    cfg: DictConfig, saved: dict[str, Any], overrides: list[str] | None = None
+) -> DictConfig:
+    """The configuration of a `fit=false` run: what the network is and was trained and evaluated
+    on comes from its checkpoint (data, model, loss, metrics, seed), where and how it runs from
+    `cfg` (trainer, runtime, logger, paths, ...), and every key the command line set from `cfg`.
+
+    Args:
+        cfg: the composed configuration of this run.
+        saved: the resolved configuration saved in the checkpoint (`read_checkpoint`).
+        overrides: the command line's overrides, e.g. `["data.fold=2", "trainer.devices=2"]`.
+    """
+    merged = cfg.copy()
+    with open_dict(merged):
+        for key in _FROM_CHECKPOINT:
+            if key in saved:
+                merged[key] = saved[key]
+        for key in _overridden_keys(overrides or []):
+            OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False)
+    return merged
+
+
+# What a checkpoint's network is: it keeps these from its training run when fit=false.
+_FROM_CHECKPOINT = ("data", "model", "networks", "loss", "metrics", "seed", "pretrained")
+
+
+def _overridden_keys(overrides: list[str]) -> list[str]:
+    """The config keys (`data.fold`) or groups (`data`) that command-line overrides set."""
+    keys = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if not key.startswith("hydra") and key not in ("experiment", "debug"):
+            keys.append(key.replace("/", "."))
+    return keys
+
+
+def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
     """Fits the configured network, tests its best checkpoint and writes the run's records.
 
     Writes into `cfg.paths.output_dir`: `metrics.json`, `per_image.csv`, `split.csv`,
     `checkpoints/{best,last}.ckpt` and `csv/metrics.csv` (per-epoch log). Runs whose settings
     stop short of full training (fast_dev_run, limited batches, ...) are recorded with status
-    "debug", not "ok".
+    "debug", not "ok". With `fit=false` only tests `ckpt_path`'s network, configured by
+    `config_of_checkpoint` (`overrides`: the command line's, which win over the checkpoint).
 
     Returns:
         The content of `metrics.json`.
     """
     started = time.time()
+    # Every check that needs no data before any data is cached or downloaded.
+    checkpoint = read_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+    if not cfg.get("fit", True):
+        if checkpoint is None:
+            raise ValueError(
+                "fit=false tests a trained network: give ckpt_path=<run_dir>/checkpoints/best.ckpt"
+            )
+        cfg = config_of_checkpoint(cfg, checkpoint["hyper_parameters"]["config"], overrides)
+    del checkpoint
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    accelerator = str(cfg.trainer.get("accelerator", "auto"))
-    cfg = cfg.copy()
-    cfg.trainer.channels_last = resolve_channels_last(cfg.trainer.get("channels_last"), accelerator)
     pl.seed_everything(cfg.seed, workers=True)
-    torch.set_float32_matmul_precision(cfg.trainer.get("matmul_precision", "highest"))
+    torch.set_float32_matmul_precision(cfg.runtime.matmul_precision)
 
     if "ddp" in str(cfg.trainer.get("strategy", "")):
         pin_ddp_workers_to_this_job()
-    # Every check that needs no data before any data is cached or downloaded.
-    if cfg.get("ckpt_path"):
-        read_checkpoint(cfg.ckpt_path)
     datamodule = instantiate(cfg.data)
     module = build_module(cfg)
     check_image_size(datamodule.image_size, getattr(module.net, "multiple", 1), cfg.model.name)
@@ -222,12 +188,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("fit", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    elif cfg.get("ckpt_path"):
-        best = str(cfg.ckpt_path)
     else:
-        raise ValueError(
-            "fit=false tests a trained network: give ckpt_path=<run_dir>/checkpoints/best.ckpt"
-        )
+        best = str(cfg.ckpt_path)
     if trainer.is_global_zero:
         datamodule.write_split(output_dir / "split.csv")
 
@@ -267,6 +229,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if module.test_rows:
             write_csv(output_dir / "per_image.csv", module.test_rows)
         write_json(output_dir / "metrics.json", record)
+    log_run_summary(trainer, record)
     return record
 
 
@@ -276,13 +239,6 @@ def _device_name(device: torch.device) -> str:
 
 def _float_or_none(value: Any) -> float | None:
     return None if value is None else float(value)
-
-
-def _finish_wandb() -> None:
-    # Each multirun job is its own W&B run: close this one before Hydra starts the next job.
-    wandb = sys.modules.get("wandb")  # never imported: no run to close
-    if wandb is not None and wandb.run is not None:
-        wandb.finish()
 
 
 # What Lightning's DDP launcher sets in the launching process's own environment.
@@ -301,18 +257,18 @@ def _end_distributed(env_before: dict[str, str | None]) -> None:
             os.environ[key] = value
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     env_before = {key: os.environ.get(key) for key in _DDP_ENV}
     try:
-        record = train(cfg)
+        record = train(cfg, HydraConfig.get().overrides.task)
     except BaseException:
         error_file = Path(cfg.paths.output_dir) / "error.txt"
         error_file.parent.mkdir(parents=True, exist_ok=True)
         error_file.write_text(traceback.format_exc())
         raise
     finally:
-        _finish_wandb()
+        finish_wandb()
         _end_distributed(env_before)
     return record["test"].get("dice")
 

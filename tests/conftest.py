@@ -4,11 +4,11 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from brainseg.config import compose
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO_ROOT / "conf"
 REAL_DATA = REPO_ROOT.parent / "shared" / "datasets" / "figshare-brain-tumor-png256"
 
 # Tests never reach W&B's servers, and never prompt for a login.
@@ -18,8 +18,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
     """The training configuration as `python -m brainseg.train <overrides>` would compose it."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides or [])
+    return compose(overrides)
 
 
 @pytest.fixture

@@ -11,17 +11,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning_fabric.strategies.launchers.subprocess_script import _hydra_subprocess_cmd
 from omegaconf import open_dict
 
+from brainseg.config import compose
 from brainseg.models import SemanticFPN, UNet
 from brainseg.module import build_module
 from brainseg.train import pin_ddp_workers_to_this_job, train
 
-from .conftest import CONF_DIR, REPO_ROOT, compose_config
+from .conftest import REPO_ROOT, compose_config
 
 # Tolerances of the fast paths against fp32 NCHW, on the same weights and input.
 CHANNELS_LAST_ATOL = 1e-5
@@ -71,8 +71,7 @@ def multirun_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Hydra's state inside job 1 of `-m experiment=smoke trainer=ddp seed=0,1`."""
     job_dir = tmp_path / "sweep" / "1"
     overrides = ["experiment=smoke", "trainer=ddp", "seed=1"]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    cfg = compose(overrides, return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.mode = RunMode.MULTIRUN
         cfg.hydra.runtime.output_dir = str(job_dir)
@@ -207,7 +206,7 @@ def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path):
 
 @pytest.mark.slow
 def test_compiled_training_runs_on_cpu(smoke_cfg):
-    cfg = smoke_cfg("model=unet", "trainer.max_epochs=1", "trainer.compile=true")
+    cfg = smoke_cfg("model=unet", "trainer.max_epochs=1", "runtime.compile=true")
     record = train(cfg)
     assert record["status"] == "ok" and record["epochs"] == 1
     assert 0.0 <= record["test"]["dice"] <= 1.0
@@ -218,7 +217,7 @@ def test_compiled_training_runs_on_cpu(smoke_cfg):
 def test_cuda_graph_timing_forward_gives_the_modules_logits():
     # On a CPU tensor torch.compile skips the CUDA graphs and runs the compiled network: the
     # wrapper (layout, compiled network) is what is checked here.
-    cfg = compose_config(["experiment=smoke", "paths.output_dir=unused", "trainer.compile=true"])
+    cfg = compose_config(["experiment=smoke", "paths.output_dir=unused", "runtime.compile=true"])
     module = build_module(cfg).eval()
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     timed = module._timed_forward(torch.device("cuda"))

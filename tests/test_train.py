@@ -8,8 +8,9 @@ import pytest
 import torch
 from hydra.errors import InstantiationException
 
+from brainseg.config import gpu_of_job, resolve_precision
 from brainseg.module import build_module, load_module
-from brainseg.train import gpu_of_job, resolve_precision, train
+from brainseg.train import train
 
 from .conftest import compose_config
 from .smoke_sweep import smoke_sweep_dir
@@ -207,9 +208,9 @@ def test_wandb_offline_run_writes_its_files_under_the_run_dir(smoke_cfg, monkeyp
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = smoke_cfg("logger=wandb", "trainer.max_epochs=1")
     train(cfg)
-    from brainseg.train import _finish_wandb
+    from brainseg.tracking import finish_wandb
 
-    _finish_wandb()
+    finish_wandb()
     runs = list((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert any(runs[0].glob("*.wandb"))
@@ -241,7 +242,7 @@ def test_compiled_and_plain_modules_save_the_same_keys():
     cfg = compose_config(["experiment=smoke", "paths.output_dir=unused"])
     plain = build_module(cfg).state_dict()
     compiled = build_module(
-        compose_config(["experiment=smoke", "paths.output_dir=unused", "trainer.compile=true"])
+        compose_config(["experiment=smoke", "paths.output_dir=unused", "runtime.compile=true"])
     ).state_dict()
     assert set(plain) == set(compiled)
     assert all(key.startswith(("net.", "loss.")) for key in plain), sorted(plain)[:5]

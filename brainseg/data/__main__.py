@@ -11,19 +11,17 @@ import argparse
 import sys
 
 import numpy as np
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from brainseg import CONF_DIR
+from brainseg.config import compose
 from brainseg.data.sources import LABEL_NAMES, Source
 from brainseg.data.splits import SUBSETS, resolve_mode
 
 
 def load_config(overrides: list[str]) -> DictConfig:
-    """Compose conf/train.yaml with `overrides`, as a training run would."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+    """Compose the training configuration with `overrides`, as a training run would."""
+    cfg = compose(overrides)
     if OmegaConf.is_missing(cfg.data, "root"):
         raise SystemExit(
             "data.root is not set: pass data.root=<folder holding images/ and masks/>, e.g. "

@@ -14,17 +14,18 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from brainseg import CONF_DIR
+from brainseg.config import CONF_DIR, compose
 from brainseg.module import build_network
 
 
 def build(config_path: Path, in_channels: int = 3) -> tuple[str, nn.Module]:
-    """Instantiate the model of one ``conf/model`` file without downloading weights."""
-    # Stand-in for the train config, so that ${data.in_channels} and ${pretrained} resolve.
-    root = OmegaConf.create({"data": {"in_channels": in_channels}, "pretrained": False})
-    root.model = OmegaConf.load(config_path)
-    cfg = OmegaConf.to_container(root.model, resolve=True)
-    return cfg.get("name", config_path.stem), build_network(cfg, load_pretrained=False)
+    """Instantiate the model of one ``conf/model`` file, at the study preset's size, without
+    downloading weights."""
+    cfg = compose(
+        [f"model={config_path.stem}", "pretrained=false", f"data.in_channels={in_channels}"]
+    )
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    return model.get("name", config_path.stem), build_network(model, load_pretrained=False)
 
 
 def count_flops(model: nn.Module, in_channels: int = 3, size: int = 256) -> int:

@@ -30,6 +30,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="log to the sweep's W&B group (default: when its jobs used W&B)",
     )
     parser.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="also build the sweep's W&B dashboard: saved online, else its definition is written "
+        "to report/wandb_dashboard.json with the command that publishes it",
+    )
+    parser.add_argument(
         "--qualitative",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -58,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
             n_resamples=args.resamples,
             seed=args.seed,
         )
+        if args.dashboard:
+            from brainseg.report.wandb_log import write_dashboard
+
+            dashboard = write_dashboard(sweep, sweep.root / "report")
+            written.update({p.name: p for p in (dashboard["definition"], dashboard["layout"])})
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -65,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     print("Report written:")
     for name, path in written.items():
         print(f"  {name:<24} {path}")
+    if args.dashboard and "url" in dashboard:
+        print(f"W&B dashboard: {dashboard['url']}")
+    elif args.dashboard:
+        print(f"W&B dashboard written offline; publish it with:\n  {dashboard['publish']}")
     if sweep.problems:
         print(
             f"warning: {len(sweep.problems)} job(s) missing, failed or incomplete, left out and "

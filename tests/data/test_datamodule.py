@@ -1,16 +1,13 @@
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from brainseg.config import compose
 from brainseg.data import BrainTumorDataModule
 from brainseg.data.synthetic import SyntheticSource
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 AUGMENT = {"hflip": 0.5, "affine": {"p": 1.0, "rotate": 15, "scale": 0.1, "shift": 0.05}}
 
 
@@ -109,8 +106,7 @@ def test_configs_instantiate(tmp_path, name):
     overrides = [f"data={name}", f"paths.data_dir={tmp_path}", "data.source.num_slices=20"]
     if name != "synthetic":
         overrides = overrides[:2] + ([f"data.root={tmp_path}"] if name == "folder" else [])
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose(overrides)
     dm = instantiate(cfg.data)
     assert isinstance(dm, BrainTumorDataModule)
     assert dm.cache_dir == tmp_path / "cache" and dm.fractions == (0.7, 0.15, 0.15)

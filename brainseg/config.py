@@ -1,0 +1,60 @@
+"""The configuration tree of every entry point, and the one way to compose it outside a CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+# Shipped inside the package (brainseg/conf, also reachable as conf/ at the repository's top).
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+
+
+def compose(
+    overrides: list[str] | None = None,
+    config_name: str = "train",
+    return_hydra_config: bool = False,
+) -> DictConfig:
+    """The configuration `brainseg-train <overrides>` (or another entry point's
+    `config_name`) composes: for tests, benchmarks and the non-Hydra command lines."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(
+            config_name=config_name,
+            overrides=list(overrides or []),
+            return_hydra_config=return_hydra_config,
+        )
+
+
+def gpu_of_job(job_num: int) -> list[int]:
+    """The GPU of the sweep's job `job_num` when jobs run side by side (trainer=gpu_per_job)."""
+    count = torch.cuda.device_count()
+    if count == 0:
+        raise RuntimeError(
+            "trainer=gpu_per_job needs CUDA GPUs and none is visible; use trainer=cpu"
+        )
+    return [int(job_num) % count]
+
+
+def resolve_precision(requested: str | int | None, accelerator: str) -> str:
+    """`auto` becomes bf16-mixed on CUDA GPUs that support it, 16-mixed on older ones, else 32."""
+    if requested not in (None, "auto"):
+        return str(requested)
+    on_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    if not on_cuda:
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+def resolve_channels_last(requested: bool | str | None, accelerator: str) -> bool:
+    """`auto` turns NHWC on where it pays: convolutions on CUDA tensor cores."""
+    if requested in (None, "auto"):
+        return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return bool(requested)
+
+
+# What `auto` means is decided when the configuration is resolved, on the machine that runs it.
+OmegaConf.register_new_resolver("gpu_of_job", gpu_of_job, replace=True)
+OmegaConf.register_new_resolver("brainseg.precision", resolve_precision, replace=True)
