@@ -1,16 +1,18 @@
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
 
 from brainseg.config import gpu_of_job, resolve_precision
-from brainseg.module import build_module, load_module
-from brainseg.train import train
+from brainseg.module import build_module, load_module, read_checkpoint
+from brainseg.train import config_of_checkpoint, train
 
 from .conftest import compose_config
 from .smoke_sweep import smoke_sweep_dir
@@ -146,6 +148,31 @@ def test_checkpoint_alone_rebuilds_the_trained_network(smoke_cfg):
     assert evaluated["epochs"] is None
 
 
+def test_testing_a_checkpoint_takes_its_data_and_model_from_it(smoke_cfg, tmp_path):
+    record = train(smoke_cfg("trainer.max_epochs=1", "data.source.num_slices=40"))
+    ckpt = record["best_checkpoint"]
+    # Composed without the smoke preset, the data would be the figshare download and the
+    # network a width-64 U-Net; the checkpoint's own synthetic data and network are used.
+    overrides = ["fit=false", f"ckpt_path={ckpt}", "data.fold=null", "timing.iters=2"]
+    cfg = compose_config([*overrides, f"paths.output_dir={tmp_path / 'eval'}", "logger=csv"])
+    evaluated = train(cfg, overrides)
+    assert evaluated["test"]["dice"] == record["test"]["dice"]
+    assert evaluated["params"] == record["params"]
+    saved = read_checkpoint(ckpt)["hyper_parameters"]["config"]
+    merged = config_of_checkpoint(cfg, saved, [*overrides, "data.batch_size=3"])
+    assert merged.data.source.num_slices == 40 and merged.model.base_width == 8
+    assert merged.data.batch_size == cfg.data.batch_size  # the command line wins
+    assert merged.paths.output_dir == str(tmp_path / "eval")  # where it runs: this run's
+
+
+def test_trainer_holds_only_lightning_arguments():
+    cfg = compose_config(["paths.output_dir=unused"])
+    accepted = set(inspect.signature(pl.Trainer.__init__).parameters)
+    assert set(cfg.trainer) - {"_target_"} <= accepted
+    assert set(cfg.runtime) == {"precision", "compile", "channels_last", "matmul_precision"}
+    assert cfg.trainer.precision == "32-true"  # runtime.precision=auto, resolved on this CPU
+
+
 def test_testing_without_fitting_needs_a_checkpoint(smoke_cfg):
     with pytest.raises(ValueError, match="ckpt_path"):
         train(smoke_cfg("fit=false"))
@@ -195,6 +222,8 @@ def test_bad_settings_fail_before_any_data_is_cached(smoke_cfg, tmp_path, overri
         ("trainer.max_epochs=0", "max_epochs=0"),
         ("+trainer.fast_dev_run=true", "fast_dev_run=True"),
         ("+trainer.limit_train_batches=2", "limit_train_batches=2"),
+        ("debug=fast_dev_run", "fast_dev_run=True"),
+        ("debug=limit", "limit_train_batches=5"),
     ],
 )
 def test_debug_runs_are_recorded_as_debug_not_ok(smoke_cfg, override, reason):
