@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -26,24 +25,18 @@ from brainseg.atomic import write_json
 from brainseg.data import BrainTumorDataModule
 from brainseg.data.cache import build_cache, load_cache
 from brainseg.data.folder import FolderSource
+from brainseg.timing import machine_info
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def machine() -> dict:
+    # Main-process collation (num_workers=0) runs torch.stack on torch_threads threads; on a
+    # busy machine they contend, which the load average shows.
     return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
+        **machine_info("cpu"),
         "albumentations": albumentations.__version__,
         "numpy": np.__version__,
-        # Main-process collation (num_workers=0) runs torch.stack on this many threads; on a
-        # busy machine they contend, which the load average shows.
-        "torch_threads": torch.get_num_threads(),
-        "load_average_1m": round(os.getloadavg()[0], 2),
     }
 
 

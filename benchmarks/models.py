@@ -11,7 +11,6 @@ ResNet; smp has no plain U-Net (its Unet uses a ResNet encoder), so UNet rows ha
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ from tqdm import tqdm
 
 from brainseg.atomic import write_json
 from brainseg.models import SemanticFPN, UNet
+from brainseg.timing import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -165,20 +165,12 @@ def add_ratios(rows: list[dict]) -> None:
 
 
 def machine(args: argparse.Namespace) -> dict:
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
+    return {
+        **machine_info(args.device),
         "torchvision": torchvision.__version__,
         "segmentation_models_pytorch": smp.__version__,
         "device": args.device,
     }
-    if args.device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
 
 
 def markdown(rows: list[dict]) -> str:

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -38,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from brainseg.atomic import write_json
 from brainseg.config import CONF_DIR, compose
 from brainseg.module import SegmentationModule, build_module, build_network
-from brainseg.timing import summarize, synchronize, time_forward
+from brainseg.timing import machine_info, summarize, synchronize, time_forward
 from brainseg.train import build_trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,24 +111,6 @@ def compose_cfg(args: argparse.Namespace, model: str, out: Path, compiled: bool)
     overrides += [f"paths.data_dir={args.data_dir}"] if args.data_dir else []
     overrides += [f"data.batch_size={args.batch_size}"] if args.batch_size else []
     return compose(overrides)
-
-
-def machine_info(device: str) -> dict[str, Any]:
-    cuda = device == "cuda"
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch_threads": torch.get_num_threads(),
-        # Other work on the machine slows every number here; the load average shows it.
-        "load_average_1m": round(os.getloadavg()[0], 2),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "pytorch_lightning": pl.__version__,
-        "gpu": torch.cuda.get_device_name() if cuda else None,
-        "cuda": torch.version.cuda if cuda else None,
-    }
 
 
 def _autocast(precision: str, device: torch.device):
@@ -326,7 +306,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = torch.device(args.device)
     results: dict[str, Any] = {
         "command": "python benchmarks/throughput.py " + " ".join(argv or sys.argv[1:]),
-        "machine": machine_info(args.device),
+        "machine": {**machine_info(args.device), "pytorch_lightning": pl.__version__},
         "models": [],
     }
     started = time.time()

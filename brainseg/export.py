@@ -117,7 +117,7 @@ def _max_diff(net: nn.Module, inputs: list[torch.Tensor], run) -> float:
     return max(float(np.abs(run(x) - net(x).numpy()).max()) for x in inputs)
 
 
-# Absolute, so that `main` also finds conf/ when called in-process (tests), not only via -m.
+# conf/ beside this module: the package's own configs, in a checkout or an installed wheel.
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
 def main(cfg: DictConfig) -> float:
     e = cfg.export

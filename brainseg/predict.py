@@ -217,7 +217,7 @@ def _save_png(image: Image.Image, path: Path) -> None:
         image.save(tmp, format="PNG")
 
 
-# Absolute, so that `main` also finds conf/ when called in-process (tests), not only via -m.
+# conf/ beside this module: the package's own configs, in a checkout or an installed wheel.
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
     p = cfg.predict

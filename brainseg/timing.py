@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
+
+
+def machine_info(device: str = "cpu") -> dict[str, Any]:
+    """What a timing depends on: the machine, its load, the Python and torch builds, the GPU."""
+    cuda = device == "cuda"
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_threads": torch.get_num_threads(),
+        # Other work on the machine slows every number; the load average shows it.
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name() if cuda else None,
+        "cuda": torch.version.cuda if cuda else None,
+    }
 
 
 def synchronize(device: torch.device) -> None:
