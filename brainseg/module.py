@@ -94,6 +94,7 @@ class SegmentationModule(pl.LightningModule):
         self.eval_losses = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
         self.test_rows: list[dict[str, Any]] = []
         self._timing_batch: torch.Tensor | None = None
+        self._warned_no_tumor: set[str] = set()  # once per stage, not every validation epoch
 
     def setup(self, stage: str) -> None:
         if self.channels_last:
@@ -161,7 +162,7 @@ class SegmentationModule(pl.LightningModule):
     def _log_empty_slice_metrics(self, stage: str) -> None:
         """Logs dice_tumor, empty_correct and fp_lesions_per_empty when the evaluated set has a
         tumor-free slice (dice_tumor only when it also has a tumor slice); warns when it has no
-        tumor at all. A set with a tumor on every slice logs none of them."""
+        tumor at all (once per stage). A set with a tumor on every slice logs none of them."""
         metrics = self.empty_slice_metrics[stage]
         if not any(metric.update_called for metric in metrics.values()):
             return
@@ -169,7 +170,13 @@ class SegmentationModule(pl.LightningModule):
         metrics.reset()
         dice_tumor = values[f"{stage}/dice_tumor"]
         no_tumor = not torch.isfinite(dice_tumor)
-        if no_tumor and self.trainer.is_global_zero and not self.trainer.sanity_checking:
+        if (
+            no_tumor
+            and stage not in self._warned_no_tumor
+            and self.trainer.is_global_zero
+            and not self.trainer.sanity_checking
+        ):
+            self._warned_no_tumor.add(stage)
             log.warning(
                 "the %s set has no tumor on any slice: its Dice, precision, recall and "
                 "lesion recall only measure false positives (1 where nothing is predicted); "

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 def git_commit() -> str | None:
     """The commit of the code that ran, with `-dirty` when it had uncommitted changes."""
     root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():  # an installed wheel: whatever git sees there is not this
+        return None
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
@@ -134,6 +136,16 @@ def config_of_checkpoint(
                 merged[key] = saved[key]
         for key in _overridden_keys(overrides or []):
             OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False)
+    trained_at = saved.get("data", {}).get("image_size")
+    if trained_at is not None and merged.data.image_size != trained_at:
+        # e.g. data=folder brings the default preset's size with the new source
+        log.warning(
+            "testing at data.image_size=%s a network trained at %s; add data.image_size=%s "
+            "to test at the training size",
+            merged.data.image_size,
+            trained_at,
+            trained_at,
+        )
     return merged
 
 

@@ -302,3 +302,20 @@ def test_module_on_a_tumor_free_set_warns_and_its_rows_agree_with_the_logs(caplo
         assert [row[key] for row in rows] == [1.0] * 4, key
     for key in ("dice", *POOLED, "lesion_recall"):
         assert logged[key] == 1.0, key
+
+
+def test_a_tumor_free_validation_set_warns_once_not_every_epoch(caplog):
+    truth, pred = _masks(4, [False] * 4)
+    module = SegmentationModule(
+        net=Threshold(),
+        loss=nn.BCEWithLogitsLoss(),
+        optimizer=functools.partial(torch.optim.SGD, lr=0.1),
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    loader = DataLoader(_samples(truth, pred), batch_size=3)
+    with caplog.at_level(logging.WARNING, logger="brainseg.module"):
+        for _ in range(3):  # three validation epochs
+            trainer.validate(module, dataloaders=loader)
+    assert caplog.text.count("no tumor on any slice") == 1
