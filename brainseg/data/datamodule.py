@@ -262,9 +262,6 @@ class BrainTumorDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", self.eval_batch_size, shuffle=False)
 
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size, shuffle=False)
-
     def split_table(self) -> pd.DataFrame:
         """One row per slice: id, pid, label, subset."""
         if self.data is None:

@@ -33,7 +33,7 @@ def test_batches_have_the_agreed_keys_shapes_and_dtypes(tmp_path):
     assert set(batch["mask"].unique().tolist()) <= {0.0, 1.0}
     assert batch["label"].dtype == torch.int64 and batch["label"].shape == (4,)
     assert isinstance(batch["id"][0], str) and batch["pid"][0].startswith("P")
-    for loader in (dm.val_dataloader(), dm.test_dataloader(), dm.predict_dataloader()):
+    for loader in (dm.val_dataloader(), dm.test_dataloader()):
         b = next(iter(loader))
         assert b["image"].shape[1:] == (3, 32, 32) and "seed" not in b
 
@@ -47,7 +47,6 @@ def test_split_table_sizes_and_split_csv(tmp_path):
     assert (table.groupby("pid")["subset"].nunique() == 1).all()
     assert len(dm.train_dataloader()) == sizes["train"] // 4  # drop_last
     assert len(dm.val_dataloader()) == -(-sizes["val"] // 4)
-    assert [b["id"] for b in dm.test_dataloader()] == [b["id"] for b in dm.predict_dataloader()]
     written = pd.read_csv(dm.write_split(tmp_path / "run" / "split.csv"), dtype=str)
     assert list(written.columns) == ["id", "pid", "subset", "split"] and len(written) == 40
     assert set(written["split"]) == {"patient"}
