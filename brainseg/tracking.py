@@ -148,7 +148,7 @@ def log_run_summary(trainer: pl.Trainer, record: dict[str, Any]) -> None:
         "best/epoch": _epoch_of(record.get("best_checkpoint")),
         **{f"test/{key}": value for key, value in (record.get("test") or {}).items()},
         "params": record.get("params"),
-        "flops": network_flops(trainer.lightning_module.net, in_channels, record["image_size"]),
+        "flops": _flops_or_none(trainer.lightning_module.net, in_channels, record["image_size"]),
         **{
             key: record.get(key)
             for key in (
@@ -174,6 +174,15 @@ def network_flops(net: torch.nn.Module, in_channels: int, size: int) -> int:
     from brainseg.models.__main__ import count_flops
 
     return count_flops(copy.deepcopy(net).cpu().float(), in_channels, size)
+
+
+def _flops_or_none(net: torch.nn.Module, in_channels: int, size: int) -> int | None:
+    # The run's records are written: a network the counter cannot trace must not fail the run.
+    try:
+        return network_flops(net, in_channels, size)
+    except Exception as error:  # whatever the traced operators raise
+        log.warning("W&B summary: FLOPs not counted (%s: %s)", type(error).__name__, error)
+        return None
 
 
 def _epoch_of(checkpoint: str | None) -> int | None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import nullcontext
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -140,8 +140,7 @@ def test_media(
         at = columns.index("label") + 1 if "label" in columns else len(columns)
         columns.insert(at, "tumor_type")
         data = [
-            [_tumor_type(row) if c == "tumor_type" else row.get(c) for c in columns]
-            for row in rows
+            [_tumor_type(row) if c == "tumor_type" else row.get(c) for c in columns] for row in rows
         ]
         media["test/per_image"] = wandb.Table(columns=columns, data=data)
     if worst:

@@ -99,12 +99,14 @@ def build_dashboard(sweep: Sweep, entity: str | None = None) -> Any:
 
     sections = [
         section(
-            "Validation by model (mean ± std over seeds)",
+            "Validation by model (mean ± std over seeds or folds)",
             [
                 wr.LinePlot(title="val Dice", x="epoch", y=["val/dice"], **spread),
                 wr.LinePlot(title="loss", x="epoch", y=["train/loss_epoch", "val/loss"], **spread),
                 wr.MediaBrowser(
-                    title="validation slices by step", media_keys=["val/slices"], gallery_axis="step"
+                    title="validation slices by step",
+                    media_keys=["val/slices"],
+                    gallery_axis="step",
                 ),
             ],
         ),
@@ -141,7 +143,10 @@ def build_dashboard(sweep: Sweep, entity: str | None = None) -> Any:
             [
                 wr.WeavePanelSummaryTable(table_name="report/table"),
                 wr.WeavePanelSummaryTable(table_name="report/stats"),
-                wr.MediaBrowser(title="report figures", media_keys=["report/dice_vs_ms"]),
+                wr.MediaBrowser(
+                    title="report figures",
+                    media_keys=["report/learning_curves", "report/dice_vs_ms"],
+                ),
             ],
         ),
     ]
@@ -151,7 +156,7 @@ def build_dashboard(sweep: Sweep, entity: str | None = None) -> Any:
         name=f"brainseg {sweep.group}"[:100],
         sections=sections,
         runset_settings=ws.RunsetSettings(
-            filters=[ws.Metric("Group") == sweep.group],
+            filters=ws.And(ws.Metric("Group") == sweep.group),
             groupby=[ws.Config("model.name")],
             pinned_columns=[
                 "summary:best/val_dice",
@@ -179,7 +184,11 @@ def write_dashboard(sweep: Sweep, out_dir: Path, publish: bool | None = None) ->
     publish = not _offline(logger_cfg) if publish is None else publish
     workspace = build_dashboard(sweep)
     definition = {
-        "brainseg": {"sweep": str(sweep.root), "group": sweep.group},
+        "brainseg": {
+            "sweep": str(sweep.root),
+            "group": sweep.group,
+            "runs": f"the runs of group {sweep.group}, grouped by model.name (config)",
+        },
         # wandb-workspaces has no public (de)serialiser: its View model is what the API stores.
         "view": workspace._to_model().model_dump(by_alias=True, exclude_none=True, mode="json"),
     }
@@ -240,28 +249,39 @@ def render_dashboard(definition: dict[str, Any], path: Path) -> Path:
     sections = definition["view"]["spec"]["section"]["panelBankConfig"]["sections"]
     columns_of = [s["flowConfig"]["columnsPerPage"] for s in sections]
     n_rows = [max(1, -(-len(s["panels"]) // c)) for s, c in zip(sections, columns_of, strict=True)]
-    height = 0.7 + sum(0.5 + 1.6 * n for n in n_rows)
+    height = 0.8 + sum(0.5 + 1.6 * n for n in n_rows)
     fig, ax = plt.subplots(figsize=(11, height))
     ax.set_xlim(0, 3)
     ax.set_ylim(height, 0)
     ax.axis("off")
     group = definition["brainseg"]["group"]
-    ax.text(0, 0.35, f"W&B dashboard of the sweep group {group}", fontsize=12, weight="bold")
-    y = 0.6
+    ax.text(0, 0.3, f"W&B dashboard of the sweep group {group}", fontsize=12, weight="bold")
+    ax.text(0, 0.55, definition["brainseg"].get("runs", ""), fontsize=9, color="#5a6375")
+    y = 0.7
     for section, columns, rows in zip(sections, columns_of, n_rows, strict=True):
         ax.text(0, y + 0.3, section["name"], fontsize=11, weight="bold", color="#333333")
         y += 0.45
         width = 3 / columns
         for i, panel in enumerate(section["panels"]):
             x0, y0 = (i % columns) * width, y + (i // columns) * 1.6
-            box = plt.Rectangle((x0 + 0.03, y0 + 0.05), width - 0.06, 1.45, fc="#f4f6fb", ec="#8a94a6")
+            box = plt.Rectangle(
+                (x0 + 0.03, y0 + 0.05), width - 0.06, 1.45, fc="#f4f6fb", ec="#8a94a6"
+            )
             ax.add_patch(box)
             kind, grouping, title, keys = _panel_text(panel)
             ax.text(x0 + 0.08, y0 + 0.3, kind, fontsize=8, color="#5a6375")
             ax.text(x0 + 0.08, y0 + 0.5, grouping, fontsize=8, color="#5a6375")
             ax.text(x0 + 0.08, y0 + 0.85, title, fontsize=10, weight="bold")
             wrapped = textwrap.fill(keys, width=int(44 * width))
-            ax.text(x0 + 0.08, y0 + 1.05, wrapped, fontsize=8, family="monospace", color="#1f4e99", va="top")
+            ax.text(
+                x0 + 0.08,
+                y0 + 1.05,
+                wrapped,
+                fontsize=8,
+                family="monospace",
+                color="#1f4e99",
+                va="top",
+            )
         y += 1.6 * rows + 0.05
     fig.tight_layout()
     fig.savefig(path, dpi=110)
