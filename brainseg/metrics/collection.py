@@ -18,8 +18,8 @@ from brainseg.metrics.scores import (
 )
 
 
-class PerImageDice(Metric):
-    """Mean over images of per-image Dice (both masks empty -> 1, exactly one empty -> 0)."""
+class _ThresholdedMetric(Metric):
+    """A metric of masks thresholded from logits, summed over batches and processes."""
 
     is_differentiable = False
     higher_is_better = True
@@ -29,6 +29,13 @@ class PerImageDice(Metric):
         super().__init__(**kwargs)
         check_threshold(threshold)
         self.threshold = threshold
+
+
+class PerImageDice(_ThresholdedMetric):
+    """Mean over images of per-image Dice (both masks empty -> 1, exactly one empty -> 0)."""
+
+    def __init__(self, threshold: float = 0.5, **kwargs) -> None:
+        super().__init__(threshold, **kwargs)
         self.add_state("dice_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("num_images", torch.tensor(0), dist_reduce_fx="sum")
 
@@ -104,7 +111,7 @@ class PooledRecall(_PooledFromLogits, BinaryRecall):
         return tp + fn
 
 
-class LesionRecall(Metric):
+class LesionRecall(_ThresholdedMetric):
     """Share of ground-truth lesions detected by the prediction, over all images seen.
 
     Every connected component of the target is one lesion; it is detected when more than
@@ -118,10 +125,6 @@ class LesionRecall(Metric):
         method: connected-component method, see ``label_components``.
     """
 
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
     def __init__(
         self,
         threshold: float = 0.5,
@@ -130,12 +133,10 @@ class LesionRecall(Metric):
         method: str = "auto",
         **kwargs,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(threshold, **kwargs)
         check_connectivity(connectivity)
         check_min_overlap(min_overlap)
         check_method(method)
-        check_threshold(threshold)
-        self.threshold = threshold
         self.connectivity = connectivity
         self.min_overlap = float(min_overlap)
         self.method = method
@@ -165,18 +166,12 @@ class TumorDice(PerImageDice):
         return scores["true_area"] > 0
 
 
-class EmptyCorrect(Metric):
+class EmptyCorrect(_ThresholdedMetric):
     """Share of tumour-free images predicted empty (no pixel above threshold); NaN when no
     image is tumour-free."""
 
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
     def __init__(self, threshold: float = 0.5, **kwargs) -> None:
-        super().__init__(**kwargs)
-        check_threshold(threshold)
-        self.threshold = threshold
+        super().__init__(threshold, **kwargs)
         self.add_state("correct", torch.tensor(0), dist_reduce_fx="sum")
         self.add_state("num_empty", torch.tensor(0), dist_reduce_fx="sum")
 
@@ -190,7 +185,7 @@ class EmptyCorrect(Metric):
         return self.correct / self.num_empty
 
 
-class FalsePositiveLesionsPerEmpty(Metric):
+class FalsePositiveLesionsPerEmpty(_ThresholdedMetric):
     """Connected components of the prediction on tumour-free images, per tumour-free image;
     NaN when no image is tumour-free. On such an image every predicted lesion is false.
 
@@ -200,18 +195,14 @@ class FalsePositiveLesionsPerEmpty(Metric):
         method: connected-component method, see ``label_components``.
     """
 
-    is_differentiable = False
     higher_is_better = False
-    full_state_update = False
 
     def __init__(
         self, threshold: float = 0.5, connectivity: int = 8, method: str = "auto", **kwargs
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(threshold, **kwargs)
         check_connectivity(connectivity)
         check_method(method)
-        check_threshold(threshold)
-        self.threshold = threshold
         self.connectivity = connectivity
         self.method = method
         self.add_state("fp_lesions", torch.tensor(0), dist_reduce_fx="sum")
