@@ -231,7 +231,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = {
         "command": "python benchmarks/wandb_overhead.py " + " ".join(argv or sys.argv[1:]),
         "machine": machine,
-        "settings": base_overrides(args),
+        # The data root as given (children get it resolved): no machine's paths in the results.
+        "settings": [
+            f"data.root={args.root}" if o.startswith("data.root=") else o
+            for o in base_overrides(args)
+        ],
         "summary": summarize(runs, args.variants),
         "runs": runs,
         "wall_time_s": time.time() - started,
