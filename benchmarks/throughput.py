@@ -58,7 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preset", choices=PRESETS, help="default: study with cuda, else cpu")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="default: on cuda")
     p.add_argument("--compile-train", action="store_true", help="also runtime.compile=true")
-    p.add_argument("--precision", choices=("auto", "32-true", "bf16-mixed"), default="auto")
+    p.add_argument(
+        "--precision", choices=("auto", "32-true", "bf16-mixed"), help="default: the preset's"
+    )
     p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--data", choices=("synthetic", "folder"), default="synthetic")
     p.add_argument("--root", help="the folder data set (images/, masks/)")
@@ -98,7 +100,8 @@ def compose_cfg(args: argparse.Namespace, model: str, out: Path, compiled: bool)
     overrides = [f"experiment={args.preset}", f"model={model}", f"paths.output_dir={out}"]
     overrides += ["pretrained=false"]  # offline; the weights do not change the speed
     overrides += [f"trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}"]
-    overrides += [f"runtime.precision={args.precision}", f"runtime.channels_last={layout}"]
+    overrides += [f"runtime.channels_last={layout}"]
+    overrides += [f"runtime.precision={args.precision}"] if args.precision else []
     overrides += [f"runtime.compile={compiled}", f"+trainer.max_steps={args.warmup + args.steps}"]
     overrides += ["logger=none", "~callbacks", "+trainer.enable_checkpointing=false"]
     overrides += ["+trainer.enable_model_summary=false", "trainer.enable_progress_bar=false"]

@@ -38,14 +38,23 @@ def gpu_of_job(job_num: int) -> list[int]:
     return [int(job_num) % count]
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX): there bf16 autocast
+    trains both networks faster than float32 (docs/benchmarks.md); elsewhere it is emulated."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
 def resolve_precision(requested: str | int | None, accelerator: str) -> str:
-    """`auto` becomes bf16-mixed on CUDA GPUs that support it, 16-mixed on older ones, else 32."""
+    """`auto` becomes bf16-mixed on CUDA GPUs that support it, 16-mixed on older ones;
+    on the CPU bf16-mixed where it has native bf16 instructions, else 32-true."""
     if requested not in (None, "auto"):
         return str(requested)
     on_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    if not on_cuda:
-        return "32-true"
-    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    if on_cuda:
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    on_cpu = accelerator in ("auto", "cpu")
+    return "bf16-mixed" if on_cpu and cpu_has_bf16() else "32-true"
 
 
 def resolve_channels_last(requested: bool | str | None, accelerator: str) -> bool:

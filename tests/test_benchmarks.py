@@ -38,10 +38,11 @@ def test_throughput_benchmark_measures_every_path_and_writes_its_json(tmp_path):
     for model in results["models"]:
         assert model["params"] > 0 and model["projected_run_s"] is None
         settings = model["settings"]
-        # The protocol is the smoke preset's, the runtime the CPU's.
+        # The protocol is the smoke preset's (float32 included), the layout the CPU's.
         assert settings["image_size"] == smoke.data.image_size
         assert settings["batch_size"] == smoke.data.batch_size
-        assert settings["precision"] == "32-true" and settings["channels_last"] is False
+        assert settings["precision"] == smoke.trainer.precision == "32-true"
+        assert settings["channels_last"] is False
         assert settings["model"]["name"] == model["model"]
         (train,) = model["train"]
         assert train["compiled"] is False

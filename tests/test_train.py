@@ -10,7 +10,8 @@ import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
 
-from brainseg.config import gpu_of_job, resolve_precision
+from brainseg import config
+from brainseg.config import cpu_has_bf16, gpu_of_job, resolve_precision
 from brainseg.module import build_module, load_module, read_checkpoint
 from brainseg.train import config_of_checkpoint, train
 
@@ -76,16 +77,34 @@ def test_presets_specialise_each_model(experiment, model, key, value, other):
     assert cfg.model[key] == other
 
 
-def test_precision_is_32_bit_on_cpu_and_explicit_choice_wins(monkeypatch):
+def test_auto_precision_follows_the_hardware_and_an_explicit_choice_wins(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(config, "cpu_has_bf16", lambda: False)
     assert resolve_precision("auto", "auto") == "32-true"
+    monkeypatch.setattr(config, "cpu_has_bf16", lambda: True)
+    assert resolve_precision("auto", "auto") == resolve_precision("auto", "cpu") == "bf16-mixed"
+    assert resolve_precision("32-true", "cpu") == "32-true"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     assert resolve_precision("auto", "auto") == "bf16-mixed"
-    assert resolve_precision("auto", "cpu") == "32-true"
+    monkeypatch.setattr(config, "cpu_has_bf16", lambda: False)
+    assert resolve_precision("auto", "cpu") == "32-true"  # the CPU's rule, GPU or not
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     assert resolve_precision(None, "gpu") == "16-mixed"
     assert resolve_precision("16-mixed", "cpu") == "16-mixed"
+
+
+def test_cpu_bf16_detection_reads_the_cpu_flags():
+    flags = set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    if not flags:
+        pytest.skip("no /proc/cpuinfo flags on this system")
+    assert cpu_has_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 @pytest.mark.parametrize("model", ["unet", "fpn"])
@@ -170,7 +189,8 @@ def test_trainer_holds_only_lightning_arguments():
     accepted = set(inspect.signature(pl.Trainer.__init__).parameters)
     assert set(cfg.trainer) - {"_target_"} <= accepted
     assert set(cfg.runtime) == {"precision", "compile", "channels_last", "matmul_precision"}
-    assert cfg.trainer.precision == "32-true"  # runtime.precision=auto, resolved on this CPU
+    # runtime.precision=auto, resolved on this CPU
+    assert cfg.trainer.precision == ("bf16-mixed" if cpu_has_bf16() else "32-true")
 
 
 def test_testing_without_fitting_needs_a_checkpoint(smoke_cfg):
