@@ -40,9 +40,9 @@ smoke: $(INSTALLED)  ## Two models x two seeds on synthetic data, end to end (se
 sweep: $(INSTALLED)  ## The study's sweep: both models x 5 seeds, 80 epochs at 256x256 (a GPU job)
 	$(PYTHON) -m brainseg.train -m model=unet,fpn 'seed=range(5)'
 
-sweep-cpu: $(INSTALLED)  ## The reduced CPU protocol on the real PNG data set (DATA_ROOT), 2 seeds
+sweep-cpu: $(INSTALLED)  ## The reduced CPU protocol on the real PNG data set (DATA_ROOT), 3 seeds
 	$(PYTHON) -m brainseg.train -m experiment=cpu data=folder data.root=$(DATA_ROOT) \
-		model=unet,fpn pretrained=false seed=0,1
+		model=unet,fpn pretrained=false seed=0,1,2
 
 report: $(INSTALLED)  ## Table, statistics and figures of a sweep: make report SWEEP=multirun/<date>/<time>
 	@test -n "$(SWEEP)" || (echo "usage: make report SWEEP=multirun/<date>/<time>" && exit 2)

@@ -36,6 +36,7 @@ def archive(sweep: Path, dest: Path) -> list[Path]:
         )
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the archive is for everyone
     try:
         multirun = OmegaConf.load(sweep / "multirun.yaml")
         multirun.hydra.pop("runtime", None)

@@ -1,0 +1,83 @@
+"""The committed results stay true: an archived sweep rebuilds the report it was committed with,
+and the README's headline numbers are that report's."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from brainseg.report import build_report
+
+from .conftest import REPO_ROOT
+from .smoke_sweep import smoke_sweep_dir
+
+# The cpu preset sweep behind the README's result and docs/results.md.
+CPU_SWEEP = REPO_ROOT / "docs" / "results" / "cpu-bf16"
+
+
+def load_archive_sweep():
+    path = REPO_ROOT / "benchmarks" / "archive_sweep.py"
+    spec = importlib.util.spec_from_file_location("archive_sweep", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def rebuilt_report(archive: Path, tmp_path: Path) -> Path:
+    """The report `brainseg-report` writes from the archive's runs alone, in a copy."""
+    copy = tmp_path / archive.name
+    shutil.copytree(archive, copy, ignore=shutil.ignore_patterns("report"))
+    build_report(copy, wandb=False, qualitative=False)
+    return copy / "report"
+
+
+def test_an_archived_sweep_keeps_its_records_but_no_checkpoints_or_machine_paths(
+    tmp_path_factory, tmp_path
+):
+    sweep = smoke_sweep_dir(tmp_path_factory)
+    build_report(sweep, wandb=False, qualitative=False)
+    dest = tmp_path / "archive"
+    files = load_archive_sweep().archive(sweep, dest)
+
+    names = {f.relative_to(dest).as_posix() for f in files}
+    for job in ("0", "1", "2", "3"):
+        assert {f"{job}/metrics.json", f"{job}/per_image.csv", f"{job}/csv/metrics.csv"} <= names
+        assert f"{job}/.hydra/config.yaml" in names
+        metrics = json.loads((dest / job / "metrics.json").read_text())
+        assert metrics["best_checkpoint"] == "checkpoints/best.ckpt"
+    assert not [n for n in names if n.endswith(".ckpt")]
+    assert "report/table.csv" in names and "multirun.yaml" in names
+    for f in files:  # the sweep's own folder, a path of the machine that ran it, is nowhere
+        if f.suffix in (".json", ".yaml", ".csv", ".md"):
+            assert str(sweep.resolve()) not in f.read_text(), f
+
+    # The archive alone gives the same table and statistics as the sweep it came from.
+    rebuilt = rebuilt_report(dest, tmp_path)
+    for name in ("table.csv", "stats.csv"):
+        assert (rebuilt / name).read_text() == (sweep / "report" / name).read_text(), name
+
+
+def test_a_sweep_without_finished_jobs_is_refused(tmp_path):
+    (tmp_path / "sweep" / "0").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="finished"):
+        load_archive_sweep().archive(tmp_path / "sweep", tmp_path / "dest")
+    assert not (tmp_path / "dest").exists()
+
+
+def test_the_committed_cpu_report_is_what_its_committed_runs_give(tmp_path):
+    rebuilt = rebuilt_report(CPU_SWEEP, tmp_path)
+    for name in ("table.csv", "stats.csv"):
+        committed = (CPU_SWEEP / "report" / name).read_text()
+        assert (rebuilt / name).read_text() == committed, f"{name}: rerun brainseg-report"
+
+
+def test_the_readme_headline_is_the_committed_cpu_report():
+    table = (CPU_SWEEP / "report" / "table.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| Dice |"))
+    unet, fpn = (cell.strip() for cell in row.split("|")[2:4])  # columns: unet, fpn
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert f"| Dice | {unet} | {fpn} |" in readme, "README's headline differs from table.md"
