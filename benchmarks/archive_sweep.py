@@ -2,12 +2,14 @@
 
     python benchmarks/archive_sweep.py multirun/cpu-bf16 docs/results/cpu-bf16
 
-Copies the sweep's multirun.yaml (which jobs it expected; without hydra.runtime, which names
-this machine's folders), per job metrics.json, per_image.csv, csv/metrics.csv (the learning
-curve) and .hydra/{config,overrides}.yaml (what ran), and the report/ folder if there is one:
-enough for `brainseg-report` to rebuild the table, statistics and curves from the archive
-(tests/test_results.py does), a few hundred kB per sweep. Checkpoints, logs and W&B files
-stay behind. The destination is replaced as a whole, never left half-written.
+Copies the sweep's multirun.yaml (which jobs it expected; without hydra.runtime, and with an
+absolute sweep folder cut to its last name: both name the machine's folders), per job
+metrics.json, per_image.csv, csv/metrics.csv (the learning curve) and
+.hydra/{config,overrides}.yaml (what ran), and the report/ folder if there is one: enough for
+`brainseg-report` to rebuild the table, statistics and curves from the archive
+(tests/test_results.py does), 0.3 MB of records per 6-job sweep plus the report's figures.
+Checkpoints, logs and W&B files stay behind. The destination is replaced as a whole, never
+left half-written.
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ def archive(sweep: Path, dest: Path) -> list[Path]:
     try:
         multirun = OmegaConf.load(sweep / "multirun.yaml")
         multirun.hydra.pop("runtime", None)
-        OmegaConf.save(multirun, staging / "multirun.yaml")
+        text = OmegaConf.to_yaml(multirun)
+        for absolute in {str(sweep.absolute()), str(sweep.resolve())}:
+            text = text.replace(absolute, sweep.name)  # an absolute hydra.sweep.dir
+        (staging / "multirun.yaml").write_text(text)
         for job in jobs:
             for name in (*JOB_FILES, *HYDRA_FILES):
                 if (job / name).is_file():

@@ -38,6 +38,11 @@ def gpu_of_job(job_num: int) -> list[int]:
     return [int(job_num) % count]
 
 
+def uses_cuda(accelerator: str) -> bool:
+    """Whether `trainer.accelerator` puts the run on a CUDA GPU here (`auto`: when one is)."""
+    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX): there bf16 autocast
     trains both networks faster than float32 (docs/benchmarks.md); elsewhere it is emulated."""
@@ -50,8 +55,7 @@ def resolve_precision(requested: str | int | None, accelerator: str) -> str:
     on the CPU bf16-mixed where it has native bf16 instructions, else 32-true."""
     if requested not in (None, "auto"):
         return str(requested)
-    on_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    if on_cuda:
+    if uses_cuda(accelerator):
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     on_cpu = accelerator in ("auto", "cpu")
     return "bf16-mixed" if on_cpu and cpu_has_bf16() else "32-true"
@@ -60,7 +64,7 @@ def resolve_precision(requested: str | int | None, accelerator: str) -> str:
 def resolve_channels_last(requested: bool | str | None, accelerator: str) -> bool:
     """`auto` turns NHWC on where it pays: convolutions on CUDA tensor cores."""
     if requested in (None, "auto"):
-        return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        return uses_cuda(accelerator)
     return bool(requested)
 
 

@@ -22,6 +22,7 @@ from pytorch_lightning.loggers import Logger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from brainseg.atomic import write_text
+from brainseg.config import uses_cuda
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def run_tags(cfg: DictConfig) -> list[str]:
 
 
 def _device_of(accelerator: str) -> str:
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+    if uses_cuda(accelerator):
         return torch.cuda.get_device_name(0)
     return "cpu" if accelerator in ("auto", "gpu", "cuda") else accelerator
 

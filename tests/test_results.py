@@ -29,7 +29,7 @@ def load_archive_sweep():
 
 def rebuilt_report(archive: Path, tmp_path: Path) -> Path:
     """The report `brainseg-report` writes from the archive's runs alone, in a copy."""
-    copy = tmp_path / archive.name
+    copy = tmp_path / "rebuilt" / archive.name
     shutil.copytree(archive, copy, ignore=shutil.ignore_patterns("report"))
     build_report(copy, wandb=False, qualitative=False)
     return copy / "report"

@@ -112,6 +112,18 @@ def test_a_run_cut_after_an_epoch_and_resumed_equals_the_straight_run(straight, 
     assert_same_run(base / run, base / "straight", record, expected)
 
 
+def test_a_bf16_run_cut_and_resumed_equals_the_straight_run_too(tmp_path):
+    # runtime.precision=auto trains in bf16 on CPUs with bf16 instructions; the smoke preset
+    # pins float32, so bf16 is asked for here.
+    bf16 = ("runtime.precision=bf16-mixed", *workers(0))
+    expected = run_in_process(tmp_path, "straight", "loader", *bf16)
+    assert expected["trainer_precision"] == "bf16-mixed"
+    run_in_process(tmp_path, "cut", "loader", *bf16, "trainer.max_epochs=1")
+    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    record = run_in_process(tmp_path, "cut", "loader", *bf16, f"ckpt_path={last}")
+    assert_same_run(tmp_path / "cut", tmp_path / "straight", record, expected)
+
+
 @pytest.mark.parametrize("straight", ["loader"], indirect=True)
 def test_last_checkpoint_holds_the_last_epoch_and_best_the_best(straight):
     base, _, expected = straight
