@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -13,18 +13,11 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from brainseg.train import build_trainer
 
-from .conftest import REPO_ROOT, compose_config
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .conftest import REPO_ROOT, compose_config, load_benchmark
 
 
 def test_throughput_benchmark_measures_every_path_and_writes_its_json(tmp_path):
-    throughput = load_script("throughput")
+    throughput = load_benchmark("throughput")
     out = tmp_path / "throughput.json"
     args = ["--preset", "smoke", "--steps", "2", "--warmup", "1", "--rounds", "2"]
     args += ["--workers", "0", "--loader-batches", "2", "--latency-iters", "2"]
@@ -65,7 +58,7 @@ def test_throughput_benchmark_measures_every_path_and_writes_its_json(tmp_path):
 
 
 def test_round_config_is_the_preset_with_the_runtime_flags_as_overrides(tmp_path):
-    throughput = load_script("throughput")
+    throughput = load_benchmark("throughput")
     args = throughput.parse_args(["--channels-last", "on", "--precision", "bf16-mixed"])
     assert (args.preset, args.steps, args.warmup, args.compile) == ("cpu", 10, 2, False)
     cfg = throughput.compose_cfg(args, "fpn", tmp_path, compiled=True)
@@ -85,7 +78,7 @@ def test_round_config_is_the_preset_with_the_runtime_flags_as_overrides(tmp_path
 
 
 def test_study_run_reads_epochs_and_fractions_from_the_config():
-    throughput = load_script("throughput")
+    throughput = load_benchmark("throughput")
     cfg = compose_config(
         ["paths.output_dir=unused", "trainer.max_epochs=7", "data.fractions=[0.5,0.25,0.25]"]
     )
@@ -98,7 +91,7 @@ def test_study_run_reads_epochs_and_fractions_from_the_config():
 
 
 def test_projected_run_is_the_epochs_at_the_measured_rates():
-    throughput = load_script("throughput")
+    throughput = load_benchmark("throughput")
     train = {"compiled": False, "brainseg_images_per_s": 100.0}
     infer = [
         {"compiled": False, "precision": "32-true", "batch_images_per_s": 50.0},
@@ -114,7 +107,7 @@ def test_projected_run_is_the_epochs_at_the_measured_rates():
 @pytest.mark.slow
 def test_gpu_check_script_runs_through_in_dry_mode(tmp_path):
     results = tmp_path / "results"
-    env = {**os.environ, "GPU_CHECK_DRY": "1", "WANDB_MODE": "offline"}
+    env = {**os.environ, "GPU_CHECK_DRY": "1", "WANDB_MODE": "offline", "PYTHON": sys.executable}
     subprocess.run(
         ["bash", "benchmarks/gpu_check.sh", str(results)],
         cwd=REPO_ROOT,

@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
 
 import pytest
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, load_benchmark
 
 PAGES = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 
 
-def load_render_docs():
-    path = REPO_ROOT / "benchmarks" / "render_docs.py"
-    spec = importlib.util.spec_from_file_location("render_docs", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_generated_pages_equal_what_the_results_render_now():
-    render_docs = load_render_docs()
+    render_docs = load_benchmark("render_docs")
     fix = "run `python benchmarks/render_docs.py` (make docs) and commit the pages"
     benchmarks = (REPO_ROOT / "docs" / "benchmarks.md").read_text()
     assert benchmarks == render_docs.render_benchmarks(), f"docs/benchmarks.md is stale: {fix}"
@@ -44,7 +35,7 @@ def test_every_result_file_has_its_section_and_machine():
 
 
 def test_unknown_results_render_as_key_values_and_gpu_folders_are_found(tmp_path):
-    render_docs = load_render_docs()
+    render_docs = load_benchmark("render_docs")
     results = REPO_ROOT / "benchmarks" / "results"
     (tmp_path / "gpu_h200").mkdir()
     (tmp_path / "gpu_h200" / "throughput_unet.json").write_text(

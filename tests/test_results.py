@@ -3,7 +3,6 @@ and the README's headline numbers are that report's."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -12,19 +11,11 @@ import pytest
 
 from brainseg.report import build_report
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, load_benchmark
 from .smoke_sweep import smoke_sweep_dir
 
 # The cpu preset sweep behind the README's result and docs/results.md.
 CPU_SWEEP = REPO_ROOT / "docs" / "results" / "cpu-bf16"
-
-
-def load_archive_sweep():
-    path = REPO_ROOT / "benchmarks" / "archive_sweep.py"
-    spec = importlib.util.spec_from_file_location("archive_sweep", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def rebuilt_report(archive: Path, tmp_path: Path) -> Path:
@@ -41,7 +32,7 @@ def test_an_archived_sweep_keeps_its_records_but_no_checkpoints_or_machine_paths
     sweep = smoke_sweep_dir(tmp_path_factory)
     build_report(sweep, wandb=False, qualitative=False)
     dest = tmp_path / "archive"
-    files = load_archive_sweep().archive(sweep, dest)
+    files = load_benchmark("archive_sweep").archive(sweep, dest)
 
     names = {f.relative_to(dest).as_posix() for f in files}
     for job in ("0", "1", "2", "3"):
@@ -64,7 +55,7 @@ def test_an_archived_sweep_keeps_its_records_but_no_checkpoints_or_machine_paths
 def test_a_sweep_without_finished_jobs_is_refused(tmp_path):
     (tmp_path / "sweep" / "0").mkdir(parents=True)
     with pytest.raises(SystemExit, match="finished"):
-        load_archive_sweep().archive(tmp_path / "sweep", tmp_path / "dest")
+        load_benchmark("archive_sweep").archive(tmp_path / "sweep", tmp_path / "dest")
     assert not (tmp_path / "dest").exists()
 
 

@@ -4,7 +4,6 @@ the dashboard definition. Nothing of W&B is mocked."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import struct
@@ -22,7 +21,7 @@ from brainseg.report.wandb_log import DASHBOARD_FILE, load_dashboard, report_run
 from brainseg.tracking import RUN_ID_FILE, finish_wandb, run_id
 from brainseg.train import train
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, load_benchmark
 from .fake_sweep import make_sweep
 
 wandb_pb2 = pytest.importorskip("wandb.proto.wandb_internal_pb2")
@@ -264,11 +263,7 @@ def test_fold_sweep_gives_distinct_runs_and_one_report_run(tmp_path):
 
 @pytest.mark.slow
 def test_overhead_benchmark_times_both_loggers_and_attributes_wandb_seconds(tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        "wandb_overhead", REPO_ROOT / "benchmarks" / "wandb_overhead.py"
-    )
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("wandb_overhead")
     out = tmp_path / "overhead.json"
     args = ["--preset", "smoke", "--rounds", "1", "--variants", "csv", "wandb"]
     results = bench.main([*args, "--data-dir", str(tmp_path / "data"), "--out", str(out)])
