@@ -23,7 +23,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-JOB_FILES = ("metrics.json", "per_image.csv", "csv/metrics.csv")
+JOB_FILES = ("per_image.csv", "csv/metrics.csv")
 HYDRA_FILES = (".hydra/config.yaml", ".hydra/overrides.yaml")
 REPORT_SUFFIXES = (".md", ".csv", ".png")
 
@@ -47,10 +47,10 @@ def archive(sweep: Path, dest: Path) -> list[Path]:
             text = text.replace(absolute, sweep.name)  # an absolute hydra.sweep.dir
         (staging / "multirun.yaml").write_text(text)
         for job in jobs:
+            _copy_metrics(job, staging / job.name / "metrics.json")
             for name in (*JOB_FILES, *HYDRA_FILES):
                 if (job / name).is_file():
                     _copy(job / name, staging / job.name / name)
-            _relative_checkpoint(staging / job.name / "metrics.json", job)
         for path in sorted((sweep / "report").glob("*")):
             if path.suffix in REPORT_SUFFIXES:
                 _copy(path, staging / "report" / path.name)
@@ -62,17 +62,18 @@ def archive(sweep: Path, dest: Path) -> list[Path]:
     return sorted(p for p in dest.rglob("*") if p.is_file())
 
 
-def _relative_checkpoint(metrics_json: Path, job: Path) -> None:
+def _copy_metrics(job: Path, dst: Path) -> None:
     """metrics.json names best.ckpt by its absolute path, a folder of the machine that ran;
     the archive keeps it relative to the job (the checkpoint itself is not archived)."""
-    metrics = json.loads(metrics_json.read_text())
+    metrics = json.loads((job / "metrics.json").read_text())
     best = metrics.get("best_checkpoint")
     if best and Path(best).is_absolute():
         best_path = Path(best).resolve()
         job_path = job.resolve()
         inside = best_path.is_relative_to(job_path)
         metrics["best_checkpoint"] = str(best_path.relative_to(job_path)) if inside else None
-        metrics_json.write_text(json.dumps(metrics, indent=2) + "\n")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text(json.dumps(metrics, indent=2) + "\n")
 
 
 def _copy(src: Path, dst: Path) -> None:

@@ -79,21 +79,23 @@ for MODEL in unet fpn; do
     grep -E '^\||^   ' "$RESULTS/throughput_$MODEL.log"
 done
 
-# The study's sweep at the measured rates: 5 seeds of each model (see throughput.py).
+# The preset's sweep at the measured rates: 5 seeds of each model (throughput.py's --seeds).
 "$PY" - "$RESULTS" <<'EOF' | tee "$RESULTS/projection.txt"
 import json, pathlib, sys
-runs = {}
+runs, epochs = {}, set()
 for model in ("unet", "fpn"):
     try:
         path = pathlib.Path(sys.argv[1]) / f"throughput_{model}.json"
-        runs[model] = json.loads(path.read_text())["models"][0]["projected_run_s"]
-    except (OSError, ValueError, KeyError, IndexError):
+        measured = json.loads(path.read_text())["models"][0]
+        runs[model] = measured["projected_run_s"]
+        epochs.add(measured["settings"]["projected_run"]["epochs"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
         runs[model] = None
 if None in runs.values():
     print(f"no projection: a model was not measured at the study's settings ({runs})")
 else:
     each = ", ".join(f"{model} {seconds / 60:.1f} min" for model, seconds in runs.items())
-    print(f"projected study sweep, 5 seeds x 80 epochs per model: "
+    print(f"projected sweep, 5 seeds x {'/'.join(map(str, sorted(epochs)))} epochs per model: "
           f"{5 * sum(runs.values()) / 60:.0f} min (one run: {each})")
 EOF
 

@@ -64,7 +64,8 @@ def run_tags(cfg: DictConfig) -> list[str]:
         f"seed:{cfg.seed}",
         f"precision:{OmegaConf.select(cfg, 'trainer.precision')}",
         f"device:{_device_of(str(OmegaConf.select(cfg, 'trainer.accelerator') or 'auto'))}",
-        "pretrained" if cfg.get("pretrained") else "scratch",
+        # the network's own switch: a U-Net has no backbone to initialise, whatever `pretrained`
+        "pretrained" if OmegaConf.select(cfg, "model.pretrained") else "scratch",
     ]
     if preset is not None:
         tags.insert(1, f"preset:{preset}")

@@ -18,7 +18,7 @@ from brainseg.report import build_report
 from brainseg.report.__main__ import main as report_main
 from brainseg.report.collect import load_sweep
 from brainseg.report.wandb_log import DASHBOARD_FILE, load_dashboard, report_run_id
-from brainseg.tracking import RUN_ID_FILE, finish_wandb, run_id
+from brainseg.tracking import RUN_ID_FILE, finish_wandb, run_id, run_tags
 from brainseg.train import train
 
 from .conftest import REPO_ROOT, load_benchmark
@@ -157,6 +157,12 @@ def test_a_run_is_named_tagged_summarised_and_shows_its_slices(smoke_cfg):
     # The configuration is logged once, at the top level: not again as the module's hparams.
     assert {"model", "data", "trainer", "seed"} <= run.config_keys
     assert "config" not in run.config_keys
+
+
+def test_only_a_network_with_a_backbone_is_tagged_pretrained(smoke_cfg):
+    assert "pretrained" in run_tags(smoke_cfg("model=fpn", "pretrained=true"))
+    assert "scratch" in run_tags(smoke_cfg("model=fpn", "pretrained=false"))
+    assert "scratch" in run_tags(smoke_cfg("model=unet", "pretrained=true"))  # nothing to load
 
 
 def test_a_resumed_run_continues_its_wandb_run(smoke_cfg):
