@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from brainseg.report import build_report
+from brainseg.report.figures import learning_curves_figure
 
 from .conftest import REPO_ROOT, load_benchmark
 from .smoke_sweep import smoke_sweep_dir
@@ -72,3 +73,37 @@ def test_the_readme_headline_is_the_committed_cpu_report():
     unet, fpn = (cell.strip() for cell in row.split("|")[2:4])  # columns: unet, fpn
     readme = (REPO_ROOT / "README.md").read_text()
     assert f"| Dice | {unet} | {fpn} |" in readme, "README's headline differs from table.md"
+
+
+def test_the_tuning_table_averages_each_recipe_over_its_seeds_and_ranks_by_validation():
+    archives = [CPU_SWEEP, REPO_ROOT / "docs" / "results" / "cpu-fp32"]
+    text = load_benchmark("tuning_table").table(
+        load_benchmark("tuning_table").recipe_rows(archives)
+    )
+    rows = [line.split(" | ") for line in text.splitlines()[2:]]
+    by_recipe = {(cells[0].strip("| "), cells[6]): cells for cells in rows}  # (model, precision)
+    assert set(by_recipe) == {(m, p) for m in ("unet", "fpn") for p in ("bf16-mixed", "32-true")}
+
+    runs = [json.loads(p.read_text()) for p in sorted(CPU_SWEEP.glob("*/metrics.json"))]
+    unet = [r for r in runs if r["model"] == "unet"]
+    bf16 = by_recipe["unet", "bf16-mixed"]
+    assert bf16[7] == "3"  # three seeds, one row
+    assert bf16[8].startswith(f"{sum(r['best_val_dice'] for r in unet) / 3:.4f} ± ")
+    assert bf16[10].startswith(f"{sum(r['test']['dice'] for r in unet) / 3:.4f} ± ")
+    assert by_recipe["unet", "32-true"][7] == "1" and " ± " not in by_recipe["unet", "32-true"][8]
+
+    models = [cells[0].strip("| ") for cells in rows]
+    assert models == sorted(models, reverse=True)  # unet rows, then fpn rows
+    for model in ("unet", "fpn"):
+        val = [float(cells[8].split()[0]) for cells in rows if cells[0].strip("| ") == model]
+        assert val == sorted(val, reverse=True)
+
+
+def test_curves_of_several_sweeps_share_one_figure(tmp_path):
+    curves = load_benchmark("curves")
+    sweep = curves.merged([CPU_SWEEP, REPO_ROOT / "docs" / "results" / "cpu-fp32-fpn"], tmp_path)
+    dice_axis = learning_curves_figure(sweep).axes[0]
+    assert [t.get_text() for t in dice_axis.get_legend().get_texts()] == ["unet (n=3)", "fpn (n=4)"]
+    out = tmp_path / "curves.png"
+    curves.main([str(CPU_SWEEP), "--out", str(out)])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
