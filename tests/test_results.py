@@ -77,9 +77,8 @@ def test_the_readme_headline_is_the_committed_cpu_report():
 
 def test_the_tuning_table_averages_each_recipe_over_its_seeds_and_ranks_by_validation():
     archives = [CPU_SWEEP, REPO_ROOT / "docs" / "results" / "cpu-fp32"]
-    text = load_benchmark("tuning_table").table(
-        load_benchmark("tuning_table").recipe_rows(archives)
-    )
+    tuning = load_benchmark("tuning_table")
+    text = tuning.table(tuning.recipe_rows(archives))
     rows = [line.split(" | ") for line in text.splitlines()[2:]]
     by_recipe = {(cells[0].strip("| "), cells[6]): cells for cells in rows}  # (model, precision)
     assert set(by_recipe) == {(m, p) for m in ("unet", "fpn") for p in ("bf16-mixed", "32-true")}
