@@ -82,7 +82,8 @@ def table(rows: pd.DataFrame) -> str:
         test_std=("test", "std"),
         minutes=("minutes", "mean"),
     ).reset_index()
-    summary = summary.sort_values(["model", "val"], ascending=[False, False])  # unet first
+    by_val = ["model", "val"]  # "unet" > "fpn": the U-Net rows first
+    summary = summary.sort_values(by_val, ascending=[False, False], kind="stable")
     lines = [HEADER, "|" + " --- |" * (HEADER.count("|") - 1)]
     for r in summary.itertuples():
         cells = [r.model, r.network, f"{r.size}²", r.batch, f"{r.lr:g}", r.epochs, r.precision]
