@@ -106,3 +106,11 @@ def test_curves_of_several_sweeps_share_one_figure(tmp_path):
     out = tmp_path / "curves.png"
     curves.main([str(CPU_SWEEP), "--out", str(out)])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_tuning_table_in_the_docs_is_what_the_committed_runs_give():
+    tuning = load_benchmark("tuning_table")
+    archives = sorted(p for p in (REPO_ROOT / "docs" / "results").iterdir() if p.is_dir())
+    table = tuning.table(tuning.recipe_rows(archives))
+    docs = (REPO_ROOT / "docs" / "results.md").read_text()
+    assert table in docs, "rerun `python benchmarks/tuning_table.py docs/results/*` into the docs"
