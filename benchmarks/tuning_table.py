@@ -29,10 +29,7 @@ HEADER = (
 
 def recipe_rows(sweeps: list[Path]) -> pd.DataFrame:
     """One row per finished run: its recipe, best val Dice (and epoch), test Dice, minutes."""
-    rows = []
-    for sweep_dir in sweeps:
-        for run in load_sweep(sweep_dir).ok:
-            rows.append({**recipe(run), **outcome(run), "sweep": sweep_dir.name})
+    rows = [{**recipe(run), **outcome(run)} for sweep in sweeps for run in load_sweep(sweep).ok]
     if not rows:
         raise SystemExit(f"no finished run in {', '.join(map(str, sweeps))}")
     return pd.DataFrame(rows)
