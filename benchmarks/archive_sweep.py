@@ -4,12 +4,16 @@
 
 Copies the sweep's multirun.yaml (which jobs it expected; without hydra.runtime, and with an
 absolute sweep folder cut to its last name: both name the machine's folders), per job
-metrics.json, per_image.csv, csv/metrics.csv (the learning curve) and
-.hydra/{config,overrides}.yaml (what ran), and the report/ folder if there is one: enough for
+metrics.json, per_image.csv, csv/metrics*.csv (the learning curve; a resumed run's earlier
+epochs are in a second file) and .hydra/{config,overrides}.yaml (what ran), and the report/
+folder if there is one: enough for
 `brainseg-report` to rebuild the table, statistics and curves from the archive
 (tests/test_results.py does), 0.3 MB of records per 6-job sweep plus the report's figures.
 Checkpoints, logs and W&B files stay behind. The destination is replaced as a whole, never
 left half-written.
+
+A folder of single runs started side by side (`brainseg-train ... hydra.run.dir=<folder>/<job>`)
+is archived the same way; it has no multirun.yaml.
 """
 
 from __future__ import annotations
@@ -23,34 +27,36 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-JOB_FILES = ("per_image.csv", "csv/metrics.csv")
-HYDRA_FILES = (".hydra/config.yaml", ".hydra/overrides.yaml")
+JOB_FILES = ("per_image.csv", ".hydra/config.yaml", ".hydra/overrides.yaml")
+CURVE_FILES = "csv/metrics*.csv"
 REPORT_SUFFIXES = (".md", ".csv", ".png")
 
 
 def archive(sweep: Path, dest: Path) -> list[Path]:
     """Copies the sweep's records into `dest` (replacing it); returns the files written."""
     jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
-    if not jobs or not (sweep / "multirun.yaml").is_file():
+    if not jobs:
         raise SystemExit(
-            f"{sweep}: no multirun.yaml or no job with a metrics.json; pass the "
-            "folder of a finished `brainseg-train -m ...` sweep"
+            f"{sweep}: no job with a metrics.json; pass the folder of a finished "
+            "`brainseg-train -m ...` sweep"
         )
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the archive is for everyone
     try:
-        multirun = OmegaConf.load(sweep / "multirun.yaml")
-        multirun.hydra.pop("runtime", None)
-        text = OmegaConf.to_yaml(multirun)
-        for absolute in {str(sweep.absolute()), str(sweep.resolve())}:
-            text = text.replace(absolute, sweep.name)  # an absolute hydra.sweep.dir
-        (staging / "multirun.yaml").write_text(text)
+        if (sweep / "multirun.yaml").is_file():
+            multirun = OmegaConf.load(sweep / "multirun.yaml")
+            multirun.hydra.pop("runtime", None)
+            text = OmegaConf.to_yaml(multirun)
+            for absolute in {str(sweep.absolute()), str(sweep.resolve())}:
+                text = text.replace(absolute, sweep.name)  # an absolute hydra.sweep.dir
+            (staging / "multirun.yaml").write_text(text)
         for job in jobs:
             _copy_metrics(job, staging / job.name / "metrics.json")
-            for name in (*JOB_FILES, *HYDRA_FILES):
-                if (job / name).is_file():
-                    _copy(job / name, staging / job.name / name)
+            files = [job / name for name in JOB_FILES] + sorted(job.glob(CURVE_FILES))
+            for path in files:
+                if path.is_file():
+                    _copy(path, staging / job.name / path.relative_to(job))
         for path in sorted((sweep / "report").glob("*")):
             if path.suffix in REPORT_SUFFIXES:
                 _copy(path, staging / "report" / path.name)

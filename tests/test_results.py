@@ -7,9 +7,11 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from brainseg.report import build_report
+from brainseg.report.collect import load_sweep
 from brainseg.report.figures import learning_curves_figure
 
 from .conftest import REPO_ROOT, load_benchmark
@@ -51,6 +53,30 @@ def test_an_archived_sweep_keeps_its_records_but_no_checkpoints_or_machine_paths
     rebuilt = rebuilt_report(dest, tmp_path)
     for name in ("table.csv", "stats.csv"):
         assert (rebuilt / name).read_text() == (sweep / "report" / name).read_text(), name
+
+
+def test_runs_started_one_by_one_and_a_resumed_runs_earlier_epochs_are_archived(
+    tmp_path_factory, tmp_path
+):
+    # A folder of single runs has no multirun.yaml; a resumed run's curve is in two files.
+    sweep = smoke_sweep_dir(tmp_path_factory)
+    runs = tmp_path / "runs"
+    shutil.copytree(sweep, runs, ignore=shutil.ignore_patterns("report"))
+    (runs / "multirun.yaml").unlink()
+    log = runs / "0" / "csv" / "metrics.csv"
+    lines = log.read_text().splitlines(keepends=True)
+    cut = len(lines) // 2
+    log.with_name("metrics-20260101-000000.csv").write_text("".join(lines[:cut]))
+    log.write_text("".join(lines[:1] + lines[cut:]))
+
+    dest = tmp_path / "archive"
+    files = load_benchmark("archive_sweep").archive(runs, dest)
+    names = {f.relative_to(dest).as_posix() for f in files}
+    assert {"0/csv/metrics-20260101-000000.csv", "0/csv/metrics.csv", "3/metrics.json"} <= names
+    assert "multirun.yaml" not in names
+    # Every job's curve, the cut one's included, is the one the sweep logged.
+    for before, after in zip(load_sweep(sweep).runs, load_sweep(dest).runs, strict=True):
+        pd.testing.assert_frame_equal(after.history, before.history)
 
 
 def test_a_sweep_without_finished_jobs_is_refused(tmp_path):
