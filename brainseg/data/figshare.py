@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import zipfile
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,6 +130,10 @@ class FigshareSource(Source):
         cvind = read_cvind(path)
         return {str(i + 1): int(k) for i, k in enumerate(cvind)}
 
+    def patient_ids(self) -> dict[str, str]:
+        """{slice id: patient id}, read from each file's PID alone (no image is read)."""
+        return {path.stem: read_pid(path) for path in self.mat_files()}
+
     def verify(self) -> list[str]:
         problems = []
         for path in tqdm(self.mat_files(), desc="verify", unit="slice"):
@@ -171,6 +176,29 @@ def extract_mats(zip_path: Path, out_dir: Path) -> list[Path]:
 def read_mat(path: str | os.PathLike) -> Sample:
     """Read one slice N.mat (MATLAB v7.3, HDF5) of the figshare data set."""
     path = Path(path)
+    with _cjdata(path) as group:
+        # MATLAB writes column-major arrays, so h5py sees them transposed.
+        image = np.asarray(group["image"]).T
+        mask = np.asarray(group["tumorMask"]).T
+        pid = _pid(group)
+        label = int(np.asarray(group["label"]).ravel()[0])
+    return Sample(image, mask, {"id": path.stem, "pid": pid, "label": label})
+
+
+def read_pid(path: str | os.PathLike) -> str:
+    """The patient id of one slice N.mat, without reading its image."""
+    with _cjdata(Path(path)) as group:
+        return _pid(group)
+
+
+def _pid(group: h5py.Group) -> str:
+    return "".join(chr(int(c)) for c in np.asarray(group["PID"]).ravel()).strip("\x00 ")
+
+
+@contextmanager
+def _cjdata(path: Path) -> Iterator[h5py.Group]:
+    """The file's `cjdata` struct; a ValueError naming the file and the fix when it, or what
+    is read from it, is not a slice of the data set."""
     if not h5py.is_hdf5(path):
         raise ValueError(_not_hdf5_message(path))
     try:
@@ -183,14 +211,9 @@ def read_mat(path: str | os.PathLike) -> Sample:
             missing = [k for k in CJDATA_FIELDS if k not in group]
             if missing:
                 raise ValueError(f"{path}: cjdata lacks {', '.join(missing)}; {_MAT_FIX}")
-            # MATLAB writes column-major arrays, so h5py sees them transposed.
-            image = np.asarray(group["image"]).T
-            mask = np.asarray(group["tumorMask"]).T
-            pid = "".join(chr(int(c)) for c in np.asarray(group["PID"]).ravel()).strip("\x00 ")
-            label = int(np.asarray(group["label"]).ravel()[0])
+            yield group
     except (OSError, KeyError, TypeError, IndexError) as error:
         raise ValueError(f"{path} is damaged ({error}); {_MAT_FIX}") from error
-    return Sample(image, mask, {"id": path.stem, "pid": pid, "label": label})
 
 
 def read_cvind(path: str | os.PathLike) -> np.ndarray:

@@ -160,6 +160,17 @@ def test_verify_reports_a_corrupt_mat(server, article, tmp_path):
     assert len(problems) == 1 and "5.mat" in problems[0]
 
 
+def test_patient_ids_read_from_pid_alone_match_the_slices(server, article, tmp_path):
+    source = FigshareSource(tmp_path / "fs", base_url=f"{server.url}/files", files=article)
+    source.prepare()
+    from_slices = {sample.meta["id"]: sample.meta["pid"] for sample in source}
+    assert source.patient_ids() == from_slices
+    assert list(from_slices) == [str(i) for i in range(1, 12)] and from_slices["9"] == "104"
+    (tmp_path / "fs" / "mat" / "5.mat").write_bytes(b"not hdf5")
+    with pytest.raises(ValueError, match=r"5\.mat is not a MATLAB v7\.3"):
+        source.patient_ids()
+
+
 def test_cvind_in_matlab_v5_format_is_read(tmp_path):
     from scipy.io import savemat
 
