@@ -1,8 +1,10 @@
-"""What brainseg adds to Lightning's Trainer: per-step seeding and atomic checkpoint files."""
+"""What brainseg adds to Lightning's Trainer: per-step seeding, a wall clock that survives a resume
+and atomic checkpoint files."""
 
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
+from pytorch_lightning.trainer.states import TrainerFn
 
 from brainseg.atomic import atomic_path
 from brainseg.data.sampler import derive_seed
@@ -34,6 +37,36 @@ class SeedEveryStep(pl.Callback):
         random.seed(step_seed)
         np.random.seed(step_seed % 2**32)
         torch.manual_seed(step_seed)
+
+
+class WallClock(pl.Callback):
+    """The run's wall time, counted across a resume.
+
+    Each checkpoint stores the time the run had taken when it was written; a fit resumed from
+    it counts on from there. The time between that checkpoint and the cut is not counted: the
+    resumed run does that work again. Testing a checkpoint (`trainer.test(ckpt_path=...)`)
+    leaves the clock alone.
+    """
+
+    KEY = "wall_time_s"
+
+    def __init__(self, started: float | None = None) -> None:
+        self.started = time.time() if started is None else started
+        self.before = 0.0  # what the run had taken before this process resumed it
+
+    def elapsed(self) -> float:
+        return self.before + time.time() - self.started
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint[self.KEY] = self.elapsed()
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            self.before = float(checkpoint.get(self.KEY, 0.0))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -6,6 +6,7 @@ python -m brainseg.train experiment=smoke                   # seconds, synthetic
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import subprocess
@@ -26,7 +27,7 @@ from pytorch_lightning.loggers import CSVLogger, Logger
 from pytorch_lightning.utilities import rank_zero_only
 
 from brainseg.atomic import write_csv, write_json
-from brainseg.callbacks import AtomicCheckpointIO
+from brainseg.callbacks import AtomicCheckpointIO, WallClock
 from brainseg.config import gpu_of_job  # noqa: F401  (registers the resolver)
 from brainseg.models.input_size import check_image_size
 from brainseg.module import build_module, read_checkpoint
@@ -35,8 +36,12 @@ from brainseg.tracking import finish_wandb, log_run_summary, wandb_logger
 log = logging.getLogger(__name__)
 
 
+@functools.cache
 def git_commit() -> str | None:
-    """The commit of the code that ran, with `-dirty` when it had uncommitted changes."""
+    """The commit of the code that ran, with `-dirty` when it had uncommitted changes.
+
+    Read once per process, at its first run: the jobs of a sweep run in one process, with the
+    code it loaded then, whatever is committed while they run."""
     root = Path(__file__).resolve().parents[1]
     if not (root / ".git").exists():  # an installed wheel: whatever git sees there is not this
         return None
@@ -71,9 +76,12 @@ def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
     return loggers
 
 
-def build_trainer(cfg: DictConfig, loggers: list[Logger]) -> pl.Trainer:
+def build_trainer(
+    cfg: DictConfig, loggers: list[Logger], clock: WallClock | None = None
+) -> pl.Trainer:
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    callbacks += [clock] if clock else []
     return instantiate(
         trainer_cfg,
         logger=loggers or False,
@@ -175,7 +183,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
     Returns:
         The content of `metrics.json`.
     """
-    started = time.time()
+    clock = WallClock()
+    commit = git_commit()
     # Every check that needs no data before any data is cached or downloaded.
     checkpoint = read_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
     if not cfg.get("fit", True):
@@ -195,7 +204,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
     datamodule = instantiate(cfg.data)
     module = build_module(cfg)
     check_image_size(datamodule.image_size, getattr(module.net, "multiple", 1), cfg.model.name)
-    trainer = build_trainer(cfg, build_loggers(cfg, output_dir))
+    trainer = build_trainer(cfg, build_loggers(cfg, output_dir), clock)
 
     if cfg.get("fit", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -229,8 +238,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
         "epochs": trainer.current_epoch if cfg.get("fit", True) else None,
         "trainer_precision": str(trainer.precision),
         "device": _device_name(trainer.strategy.root_device),
-        "wall_time_s": time.time() - started,
-        "git_commit": git_commit(),
+        "wall_time_s": clock.elapsed(),  # a resumed run's earlier part included
+        "git_commit": commit,
         "best_checkpoint": best or None,
         "best_val_dice": _float_or_none(
             getattr(trainer.checkpoint_callback, "best_model_score", None)

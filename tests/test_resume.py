@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -106,17 +107,26 @@ def test_a_run_cut_after_an_epoch_and_resumed_equals_the_straight_run(straight, 
     # loader settings change what the run computes.
     base, augment_on, expected = straight
     run = f"cut after {cut_after}"
-    run_in_process(base, run, augment_on, f"trainer.max_epochs={cut_after}", *workers(0))
+    cut = run_in_process(base, run, augment_on, f"trainer.max_epochs={cut_after}", *workers(0))
     last = base / run / "checkpoints" / "last.ckpt"
+    taken = torch.load(last, map_location="cpu", weights_only=False)["wall_time_s"]
+    assert 0 < taken <= cut["wall_time_s"]
+    started = time.time()
     record = run_in_process(base, run, augment_on, f"ckpt_path={last}", *workers(2))
+    resumed_for = time.time() - started
     assert_same_run(base / run, base / "straight", record, expected)
+    # Its wall time counts what the run took up to the checkpoint, and what it took since.
+    assert resumed_for < record["wall_time_s"] <= taken + resumed_for
 
 
 def test_a_bf16_run_cut_and_resumed_equals_the_straight_run_too(tmp_path):
     # runtime.precision=auto trains in bf16 on CPUs with bf16 instructions; the smoke preset
     # pins float32, so bf16 is asked for here.
     bf16 = ("runtime.precision=bf16-mixed", *workers(0))
+    started = time.time()
     expected = run_in_process(tmp_path, "straight", "loader", *bf16)
+    # Testing best.ckpt after the fit does not add the time stored in it to the run's.
+    assert expected["wall_time_s"] <= time.time() - started
     assert expected["trainer_precision"] == "bf16-mixed"
     run_in_process(tmp_path, "cut", "loader", *bf16, "trainer.max_epochs=1")
     last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
