@@ -1,8 +1,9 @@
-"""What brainseg adds to Lightning's Trainer: per-step seeding, a wall clock that survives a resume
-and atomic checkpoint files."""
+"""What brainseg adds to Lightning's Trainer: per-step seeding, a wall clock that survives a resume,
+a check of the CPU thread count on resume, and atomic checkpoint files."""
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from pathlib import Path
@@ -16,6 +17,8 @@ from pytorch_lightning.trainer.states import TrainerFn
 
 from brainseg.atomic import atomic_path
 from brainseg.data.sampler import derive_seed
+
+log = logging.getLogger(__name__)
 
 
 class SeedEveryStep(pl.Callback):
@@ -67,6 +70,36 @@ class WallClock(pl.Callback):
     ) -> None:
         if trainer.state.fn == TrainerFn.FITTING:
             self.before = float(checkpoint.get(self.KEY, 0.0))
+
+
+class CpuThreads(pl.Callback):
+    """Warns when a CPU run is resumed with another number of threads than it trained with.
+
+    On a CPU a run's numbers depend on torch's thread count (parallel sums add in another
+    order), so a run resumed with a different count continues, but not as the uninterrupted
+    run would have. Each checkpoint stores the count; the warning names the fix.
+    """
+
+    KEY = "cpu_threads"
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint[self.KEY] = torch.get_num_threads()
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        saved, now = checkpoint.get(self.KEY), torch.get_num_threads()
+        resuming = trainer.state.fn == TrainerFn.FITTING
+        if resuming and trainer.strategy.root_device.type == "cpu" and saved not in (None, now):
+            log.warning(
+                "this run trained with %d CPU threads and resumes with %d: it goes on, but not "
+                "exactly as the uninterrupted run; resume with OMP_NUM_THREADS=%d for that",
+                saved,
+                now,
+                saved,
+            )
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import filecmp
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -132,6 +133,29 @@ def test_a_bf16_run_cut_and_resumed_equals_the_straight_run_too(tmp_path):
     last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
     record = run_in_process(tmp_path, "cut", "loader", *bf16, f"ckpt_path={last}")
     assert_same_run(tmp_path / "cut", tmp_path / "straight", record, expected)
+
+
+def test_resuming_with_another_cpu_thread_count_warns_and_names_the_fix(tmp_path, caplog):
+    # On real data a run's numbers depend on the thread count (docs/reproducibility.md).
+    threads = torch.get_num_threads()
+    run_in_process(tmp_path, "cut", "loader", "trainer.max_epochs=1", *workers(0))
+    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=False)["cpu_threads"] == threads
+
+    def warnings() -> list[str]:
+        return [r.message for r in caplog.records if r.name == "brainseg.callbacks"]
+
+    with caplog.at_level(logging.WARNING, logger="brainseg.callbacks"):
+        run_in_process(tmp_path, "cut", "loader", "trainer.max_epochs=2", f"ckpt_path={last}")
+        assert not warnings(), "resumed with the same thread count: nothing to warn of"
+        torch.set_num_threads(threads + 1)
+        try:
+            run_in_process(tmp_path, "cut", "loader", f"ckpt_path={last}", *workers(0))
+        finally:
+            torch.set_num_threads(threads)
+    [warning] = warnings()
+    assert f"trained with {threads} CPU threads and resumes with {threads + 1}" in warning
+    assert f"OMP_NUM_THREADS={threads}" in warning
 
 
 @pytest.mark.parametrize("straight", ["loader"], indirect=True)
