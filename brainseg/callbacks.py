@@ -53,8 +53,8 @@ class WallClock(pl.Callback):
 
     KEY = "wall_time_s"
 
-    def __init__(self, started: float | None = None) -> None:
-        self.started = time.time() if started is None else started
+    def __init__(self) -> None:
+        self.started = time.time()
         self.before = 0.0  # what the run had taken before this process resumed it
 
     def elapsed(self) -> float:
