@@ -17,8 +17,11 @@ from brainseg.report.figures import learning_curves_figure
 from .conftest import REPO_ROOT, load_benchmark
 from .smoke_sweep import smoke_sweep_dir
 
+RESULTS = REPO_ROOT / "docs" / "results"
 # The cpu preset sweep behind the README's result and docs/results.md.
-CPU_SWEEP = REPO_ROOT / "docs" / "results" / "cpu-bf16"
+CPU_SWEEP = RESULTS / "cpu-24"
+# The same sweep cut to 6 epochs, and its float32 runs: the bf16 check of docs/results.md.
+CPU_6_EPOCHS = RESULTS / "cpu-bf16"
 
 
 def rebuilt_report(archive: Path, tmp_path: Path) -> Path:
@@ -86,10 +89,11 @@ def test_a_sweep_without_finished_jobs_is_refused(tmp_path):
     assert not (tmp_path / "dest").exists()
 
 
-def test_the_committed_cpu_report_is_what_its_committed_runs_give(tmp_path):
-    rebuilt = rebuilt_report(CPU_SWEEP, tmp_path)
+@pytest.mark.parametrize("archive", [CPU_SWEEP, CPU_6_EPOCHS], ids=lambda p: p.name)
+def test_the_committed_cpu_report_is_what_its_committed_runs_give(archive, tmp_path):
+    rebuilt = rebuilt_report(archive, tmp_path)
     for name in ("table.csv", "stats.csv"):
-        committed = (CPU_SWEEP / "report" / name).read_text()
+        committed = (archive / "report" / name).read_text()
         assert (rebuilt / name).read_text() == committed, f"{name}: rerun brainseg-report"
 
 
@@ -102,14 +106,14 @@ def test_the_readme_headline_is_the_committed_cpu_report():
 
 
 def test_the_tuning_table_averages_each_recipe_over_its_seeds_and_ranks_by_validation():
-    archives = [CPU_SWEEP, REPO_ROOT / "docs" / "results" / "cpu-fp32"]
+    archives = [CPU_6_EPOCHS, RESULTS / "cpu-fp32"]
     tuning = load_benchmark("tuning_table")
     text = tuning.table(tuning.recipe_rows(archives))
     rows = [line.split(" | ") for line in text.splitlines()[2:]]
     by_recipe = {(cells[0].strip("| "), cells[6]): cells for cells in rows}  # (model, precision)
     assert set(by_recipe) == {(m, p) for m in ("unet", "fpn") for p in ("bf16-mixed", "32-true")}
 
-    runs = [json.loads(p.read_text()) for p in sorted(CPU_SWEEP.glob("*/metrics.json"))]
+    runs = [json.loads(p.read_text()) for p in sorted(CPU_6_EPOCHS.glob("*/metrics.json"))]
     unet = [r for r in runs if r["model"] == "unet"]
     bf16 = by_recipe["unet", "bf16-mixed"]
     assert bf16[7] == "3"  # three seeds, one row
@@ -126,17 +130,17 @@ def test_the_tuning_table_averages_each_recipe_over_its_seeds_and_ranks_by_valid
 
 def test_curves_of_several_sweeps_share_one_figure(tmp_path):
     curves = load_benchmark("curves")
-    sweep = curves.merged([CPU_SWEEP, REPO_ROOT / "docs" / "results" / "cpu-fp32-fpn"], tmp_path)
+    sweep = curves.merged([CPU_6_EPOCHS, RESULTS / "cpu-fp32-fpn"], tmp_path)
     dice_axis = learning_curves_figure(sweep).axes[0]
     assert [t.get_text() for t in dice_axis.get_legend().get_texts()] == ["unet (n=3)", "fpn (n=4)"]
     out = tmp_path / "curves.png"
-    curves.main([str(CPU_SWEEP), "--out", str(out)])
+    curves.main([str(CPU_6_EPOCHS), "--out", str(out)])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_the_tuning_table_in_the_docs_is_what_the_committed_runs_give():
     tuning = load_benchmark("tuning_table")
-    archives = sorted(p for p in (REPO_ROOT / "docs" / "results").iterdir() if p.is_dir())
+    archives = sorted(p for p in RESULTS.iterdir() if p.is_dir())
     table = tuning.table(tuning.recipe_rows(archives))
     docs = (REPO_ROOT / "docs" / "results.md").read_text()
     assert table in docs, "rerun `python benchmarks/tuning_table.py docs/results/*` into the docs"
