@@ -29,9 +29,10 @@ from pytorch_lightning.utilities import rank_zero_only
 from brainseg.atomic import write_csv, write_json
 from brainseg.callbacks import AtomicCheckpointIO, WallClock
 from brainseg.config import gpu_of_job  # noqa: F401  (registers the resolver)
+from brainseg.identity import content_hash, hash_test_set, is_execution_key, run_settings
 from brainseg.models.input_size import check_image_size
 from brainseg.module import build_module, read_checkpoint
-from brainseg.tracking import finish_wandb, log_run_summary, wandb_logger
+from brainseg.tracking import experiment_preset, finish_wandb, log_run_summary, wandb_logger
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +246,9 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
             getattr(trainer.checkpoint_callback, "best_model_score", None)
         ),
         "test": results,
+        # What the run is and what it was tested on: the report groups and pairs runs by these.
+        "settings": resolved_settings(cfg),
+        "protocol": protocol(cfg, datamodule, commit),
     }
     if trainer.is_global_zero:
         if module.test_rows:
@@ -252,6 +256,37 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
         write_json(output_dir / "metrics.json", record)
     log_run_summary(trainer, record)
     return record
+
+
+def resolved_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The settings that define the run (`brainseg.identity.run_settings`), resolved. Keys that
+    only say where it ran (paths: `${hydra:...}`) are left out before resolving."""
+    kept = {
+        key: OmegaConf.to_container(cfg[key], resolve=True)
+        if OmegaConf.is_config(cfg[key])
+        else cfg[key]
+        for key in cfg
+        if not is_execution_key(str(key))
+    }
+    return run_settings(kept)
+
+
+def protocol(cfg: DictConfig, datamodule: Any, commit: str | None) -> dict[str, Any]:
+    """The run's protocol fingerprint: what it was tested on, and how it was trained."""
+    data, test = datamodule.data, datamodule.subsets == "test"
+    return {
+        "test_set": hash_test_set(data.ids[test], data.masks[test]),
+        "test_slices": int(test.sum()),
+        "data": content_hash(data.ids, data.masks, data.images),
+        "source": type(datamodule.source).__name__,
+        "image_size": datamodule.image_size,
+        "split": datamodule.split_mode,
+        "split_seed": datamodule.split_seed,
+        "fold": datamodule.fold,
+        "preset": experiment_preset(),
+        "max_epochs": cfg.trainer.get("max_epochs"),
+        "code": commit,
+    }
 
 
 def _device_name(device: torch.device) -> str:

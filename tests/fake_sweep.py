@@ -39,12 +39,16 @@ def make_sweep(
     debug: Sequence[tuple] = (),
     split: str = "patient",
     tumor_free: int = 0,
+    settings: dict | None = None,
+    test_set: str | None = None,
 ) -> Path:
     """A sweep `model=... seed=...` (and `data.fold=...` with `folds`: each fold tests other
     slices and patients) under `root`; returns `root`. `missing`, `failed` and `debug` (runs
     that record `"status": "debug"`) name (model, seed) or, with folds, (model, seed, fold).
     The last `tumor_free` slices of each test set have no tumor; the runs then record
-    dice_tumor, empty_correct and fp_lesions_per_empty, as brainseg.train does."""
+    dice_tumor, empty_correct and fp_lesions_per_empty, as brainseg.train does. With `settings`
+    (what the runs are, beside the model) and `test_set` (the hash of their test slices), the runs
+    record both in metrics.json as brainseg.train does; without, they are older records."""
     root.mkdir(parents=True, exist_ok=True)
     logger = {"wandb": {"project": "brainseg-test", "entity": None}} if wandb else {}
     task = [f"model={','.join(models)}", f"seed={','.join(map(str, seeds))}"]
@@ -88,6 +92,10 @@ def make_sweep(
         )
         _history(model, seed, epochs).to_csv(_mkdir(job / "csv") / "metrics.csv", index=False)
         record = _metrics(model, seed, per_image, epochs) | {"fold": fold, "split": split}
+        if settings is not None:
+            record["settings"] = {"model.name": model, **settings}
+        if test_set is not None:
+            record["protocol"] = {"test_set": f"{test_set}-{fold}", "test_slices": n_images}
         if key in debug:
             record |= {"status": "debug", "debug": "trainer.max_epochs=0"}
         (job / "metrics.json").write_text(json.dumps(record))

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from brainseg.report import build_report
-from brainseg.report.collect import load_sweep
+from brainseg.report.collect import load_sweep, load_sweeps
 from brainseg.report.figures import learning_curves_figure
 
 from .conftest import REPO_ROOT, load_benchmark
@@ -128,11 +128,15 @@ def test_the_tuning_table_averages_each_recipe_over_its_seeds_and_ranks_by_valid
         assert val == sorted(val, reverse=True)
 
 
-def test_curves_of_several_sweeps_share_one_figure(tmp_path):
+def test_curves_of_several_sweeps_share_one_figure_without_pooling_their_precisions(tmp_path):
     curves = load_benchmark("curves")
-    sweep = curves.merged([CPU_6_EPOCHS, RESULTS / "cpu-fp32-fpn"], tmp_path)
+    sweep = load_sweeps([CPU_6_EPOCHS, RESULTS / "cpu-fp32-fpn"], out=tmp_path)
     dice_axis = learning_curves_figure(sweep).axes[0]
-    assert [t.get_text() for t in dice_axis.get_legend().get_texts()] == ["unet (n=3)", "fpn (n=4)"]
+    assert [t.get_text() for t in dice_axis.get_legend().get_texts()] == [
+        "unet (n=3)",
+        "fpn trainer.precision=bf16-mixed (n=3)",
+        "fpn trainer.precision=32-true (n=1)",
+    ]
     out = tmp_path / "curves.png"
     curves.main([str(CPU_6_EPOCHS), "--out", str(out)])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

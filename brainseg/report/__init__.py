@@ -1,6 +1,7 @@
-"""The comparison report of a sweep: table, paired statistics, figures (and W&B).
+"""The comparison report of a sweep, or of several: table, paired statistics, figures (and W&B).
 
 python -m brainseg.report multirun/<date>/<time>
+python -m brainseg.report multirun/a multirun/b --label multirun/a=6ep
 """
 
 from __future__ import annotations
@@ -8,18 +9,24 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import replace
+from itertools import combinations
 from pathlib import Path
 
 import pandas as pd
 
 from brainseg.atomic import write_text
 from brainseg.report import figures
-from brainseg.report.collect import Run, Sweep, load_sweep
+from brainseg.report.collect import Run, Sweep, load_sweep, load_sweeps
 from brainseg.report.qualitative import qualitative_grids
 from brainseg.report.stats import average_runs, paired_stats, stats_markdown
 from brainseg.report.table import build_table, header_markdown, load_study_table, table_markdown
 
-__all__ = ["Run", "Sweep", "build_report", "load_sweep"]
+__all__ = ["MixedTestSets", "Run", "Sweep", "build_report", "load_sweep", "load_sweeps"]
+
+
+class MixedTestSets(ValueError):
+    """Two variants were tested on different test sets: their slices cannot be paired."""
+
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +40,14 @@ def build_report(
     seed: int = 0,
     include_debug: bool = False,
 ) -> dict[str, Path]:
-    """Writes `<sweep_dir>/report/`: table.{md,csv}, stats.{md,csv} and the figures.
+    """Writes `<sweep_dir>/report/` (a comparison's own folder: `Sweep.report_dir`):
+    table.{md,csv}, stats.{md,csv} and the figures.
 
     Only complete runs count (metrics.json and per_image.csv readable, status "ok"); the
-    others are listed, with the reason, at the top of table.md and stats.md.
+    others are listed, with the reason, at the top of table.md and stats.md. Variants are
+    paired only when their runs were tested on the same slices (the test-set hash of their
+    metrics.json); otherwise the report stops with `MixedTestSets`, unless the sweep was read
+    with `allow_mixed`, which leaves such pairs out of the statistics and says so.
 
     Args:
         sweep_dir: the sweep's folder, or a sweep already read with `load_sweep`.
@@ -54,7 +65,7 @@ def build_report(
         sweep = replace(sweep_dir, include_debug=sweep_dir.include_debug or include_debug)
     else:
         sweep = load_sweep(sweep_dir, include_debug=include_debug)
-    out = sweep.root / "report"
+    out = sweep.report_dir
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
 
@@ -63,10 +74,13 @@ def build_report(
     written["table.md"] = _write(out / "table.md", table_markdown(sweep, table))
 
     per_image = per_image_means(sweep)
-    stats = paired_stats(per_image, n_resamples=n_resamples, seed=seed)
+    pairs, refused = comparable_pairs(sweep, list(per_image))
+    stats = paired_stats(per_image, n_resamples=n_resamples, seed=seed, pairs=pairs)
     n_runs = {v: len(_tested_runs(sweep, v)) for v in per_image}
     written["stats.csv"] = _write(out / "stats.csv", stats.to_csv(index=False))
-    markdown = stats_markdown(stats, n_runs, n_resamples, header=header_markdown(sweep))
+    markdown = stats_markdown(
+        stats, n_runs, n_resamples, header=header_markdown(sweep), refused=refused
+    )
     written["stats.md"] = _write(out / "stats.md", markdown)
     if per_image:
         frames = [f.assign(model=v) for v, f in per_image.items()]
@@ -101,6 +115,49 @@ def per_image_means(sweep: Sweep) -> dict[str, pd.DataFrame]:
         if runs := _tested_runs(sweep, variant):
             means[variant] = average_runs([run.per_image for run in runs])
     return means
+
+
+def test_sets(runs: list[Run]) -> dict[int | None, str | None]:
+    """fold -> the test-set hash its runs recorded (None: not recorded, older runs)."""
+    return {run.fold: run.protocol.get("test_set") for run in runs}
+
+
+def comparable_pairs(
+    sweep: Sweep, variants: list[str]
+) -> tuple[list[tuple[str, str]], dict[tuple[str, str], str]]:
+    """The pairs of `variants` tested on the same slices, and why each other pair is not.
+
+    Raises:
+        MixedTestSets: a pair was tested on different slices and the sweep was not read with
+            `allow_mixed`; the message names the runs and the protocol keys that differ.
+    """
+    pairs, refused = [], {}
+    for a, b in combinations(variants, 2):
+        runs_a, runs_b = _tested_runs(sweep, a), _tested_runs(sweep, b)
+        sets_a, sets_b = test_sets(runs_a), test_sets(runs_b)
+        recorded = None not in (*sets_a.values(), *sets_b.values())
+        if not recorded or sets_a == sets_b:
+            pairs.append((a, b))
+            continue
+        why = _protocol_difference(runs_a[0], runs_b[0])
+        if not sweep.allow_mixed:
+            raise MixedTestSets(
+                f"{a} ({runs_a[0].where}) and {b} ({runs_b[0].where}) were tested on different "
+                f"test sets ({why}): their slices cannot be paired. Compare runs of one "
+                "protocol, or pass --allow-mixed to report them side by side, unpaired."
+            )
+        refused[(a, b)] = why
+    return pairs, refused
+
+
+def _protocol_difference(a: Run, b: Run) -> str:
+    keys = sorted(set(a.protocol) | set(b.protocol))
+    differ = [
+        f"{k} {a.protocol.get(k)} vs {b.protocol.get(k)}"
+        for k in keys
+        if k != "code" and a.protocol.get(k) != b.protocol.get(k)
+    ]
+    return ", ".join(differ) or "test-set hashes differ"
 
 
 def _tested_runs(sweep: Sweep, variant: str) -> list[Run]:

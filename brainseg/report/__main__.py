@@ -1,4 +1,5 @@
-"""`python -m brainseg.report <sweep_dir>`: the comparison report of a sweep."""
+"""`python -m brainseg.report <sweep_dir> [<sweep_dir> ...]`: the comparison report of a sweep,
+or of several sweeps from any day or machine read as one comparison."""
 
 from __future__ import annotations
 
@@ -6,16 +7,37 @@ import argparse
 import logging
 import sys
 
-from brainseg.report import build_report, load_sweep
+from brainseg.report import build_report, load_sweeps
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m brainseg.report",
-        description="Table 1, paired statistics and figures of a sweep, into <sweep_dir>/report/.",
+        description="Table 1, paired statistics and figures of a sweep, into <sweep_dir>/report/; "
+        "of several sweeps, into reports/<name>/. Runs are grouped by what they are: runs whose "
+        "settings differ in anything but seed and fold are never averaged together.",
     )
     parser.add_argument(
-        "sweep_dir", help="the folder a multirun wrote, e.g. multirun/<date>/<time>"
+        "sweep_dirs",
+        nargs="+",
+        metavar="sweep_dir",
+        help="the folder a multirun wrote, e.g. multirun/<date>/<time>; several are compared",
+    )
+    parser.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="FOLDER=NAME",
+        help="name the runs of one folder <model> [NAME], apart from the other folders' runs",
+    )
+    parser.add_argument("--name", default="", help="the comparison's name (several folders)")
+    parser.add_argument(
+        "--out", default=None, help="the report folder (default: <sweep>/report, reports/<name>)"
+    )
+    parser.add_argument(
+        "--allow-mixed",
+        action="store_true",
+        help="report variants tested on different test sets side by side, without pairing them",
     )
     parser.add_argument(
         "--reference",
@@ -55,7 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        sweep = load_sweep(args.sweep_dir, include_debug=args.include_debug)
+        sweep = load_sweeps(
+            args.sweep_dirs,
+            labels=_labels(args.label),
+            include_debug=args.include_debug,
+            out=args.out,
+            name=args.name,
+            allow_mixed=args.allow_mixed,
+        )
         written = build_report(
             sweep,
             reference=args.reference,
@@ -67,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dashboard:
             from brainseg.report.wandb_log import write_dashboard
 
-            dashboard = write_dashboard(sweep, sweep.root / "report")
+            dashboard = write_dashboard(sweep, sweep.report_dir)
             written.update({p.name: p for p in (dashboard["definition"], dashboard["layout"])})
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -90,6 +119,16 @@ def main(argv: list[str] | None = None) -> int:
         done = "included" if sweep.include_debug else "left out (--include-debug includes them)"
         print(f"warning: {len(sweep.debug)} debug run(s) {done}", file=sys.stderr)
     return 0
+
+
+def _labels(pairs: list[str]) -> dict[str, str]:
+    labels = {}
+    for pair in pairs:
+        folder, sep, name = pair.rpartition("=")
+        if not sep or not folder or not name:
+            raise SystemExit(f"error: --label {pair!r}: write it as <folder>=<name>")
+        labels[folder] = name
+    return labels
 
 
 if __name__ == "__main__":

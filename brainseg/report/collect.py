@@ -1,7 +1,11 @@
-"""Reads a Hydra sweep: the jobs it expected, and which of them finished, failed or never ran.
+"""Reads sweeps: the jobs they expected, which finished, failed or never ran, and what each is.
 
 A job counts as a result only when its metrics.json and per_image.csv are both readable and its
 metrics.json says `"status": "ok"`; every other job is listed with the reason, never averaged.
+
+Runs are grouped into variants by what they are (`brainseg.identity`): runs whose settings differ
+in anything but the seed and the fold are never averaged together, whichever sweep or day they
+come from. Several sweep folders read together (`load_sweeps`) make one comparison.
 """
 
 from __future__ import annotations
@@ -21,11 +25,14 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from brainseg.data.sources import natural_key
+from brainseg.identity import differing_keys, is_execution_key, run_settings
 
 log = logging.getLogger(__name__)
 
 # Sweep keys that repeat a comparison rather than define what is compared.
 REPEAT_KEYS = ("seed", "data.fold")
+# At most this many differing settings name a variant; more are cut with "...".
+LABEL_KEYS = 3
 MODEL_KEY = "model"
 # per_image.csv columns the report reads, and those that must hold a value on every row.
 PER_IMAGE_COLUMNS = ("id", "pid", "label", "dice")
@@ -49,6 +56,8 @@ class Run:
         overrides: the job's command-line overrides as {key: value}.
         error: why the job is not "ok", naming the file.
         per_image: the run's per_image.csv (one row per test slice), None when unusable.
+        source: the sweep folder the run was read from.
+        label: the name given to that folder (`load_sweeps(labels=...)`), or "".
     """
 
     job_dir: Path | None
@@ -62,11 +71,45 @@ class Run:
     config: dict[str, Any] = field(default_factory=dict)
     error: str = ""
     per_image: pd.DataFrame | None = field(default=None, repr=False)
+    source: Path | None = None
+    label: str = ""
 
     @property
     def name(self) -> str:
         fold = "" if self.fold is None else f" fold={self.fold}"
         return f"{self.variant} seed={self.seed}{fold}"
+
+    @property
+    def where(self) -> str:
+        """The run's folder, as `<sweep>/<job>`."""
+        if self.job_dir is None:
+            return f"{self.source.name if self.source else '?'}/(missing)"
+        return f"{self.job_dir.parent.name}/{self.job_dir.name}"
+
+    @cached_property
+    def settings(self) -> dict[str, Any]:
+        """What the run is (`brainseg.identity.run_settings`): as its metrics.json records it,
+        else from its saved config (older runs), resolved where it can be read alone."""
+        if isinstance(self.metrics.get("settings"), dict):
+            return dict(self.metrics["settings"])
+        settings = run_settings(_resolved(self.config)) if self.config else {}
+        if self.metrics.get("trainer_precision"):  # what `auto` meant on the machine that ran
+            settings["trainer.precision"] = str(self.metrics["trainer_precision"])
+        return settings
+
+    @property
+    def protocol(self) -> dict[str, Any]:
+        """The protocol fingerprint of metrics.json (`brainseg.train.protocol`); {} for older
+        runs, which did not record one."""
+        value = self.metrics.get("protocol")
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """The settings, and the data set's content hash where recorded: runs of one variant
+        agree on all of it."""
+        data = self.protocol.get("data")
+        return self.settings if data is None else {**self.settings, "protocol.data": data}
 
     @property
     def test(self) -> dict[str, float]:
@@ -107,6 +150,14 @@ class Sweep:
     runs: list[Run]
     multirun: dict[str, Any]
     include_debug: bool = False
+    # Where the report goes; None = <root>/report. A comparison of several folders names its own.
+    out: Path | None = None
+    name: str = ""
+    allow_mixed: bool = False
+
+    @property
+    def report_dir(self) -> Path:
+        return self.out if self.out is not None else self.root / "report"
 
     @property
     def ok(self) -> list[Run]:
@@ -155,20 +206,73 @@ class Sweep:
 
     @property
     def group(self) -> str:
-        """The W&B group of the sweep, named as brainseg.train names it: the sweep directory as
-        configured (hydra.sweep.dir), with path separators replaced."""
+        """The W&B group of the report: for one sweep, named as brainseg.train names it (the
+        sweep directory as configured, hydra.sweep.dir, with path separators replaced); for a
+        comparison of several, the comparison's name."""
+        if self.name:
+            return self.name
         return str(Path(_sweep_dir_setting(self))).replace(os.sep, "_")
 
 
-def load_sweep(sweep_dir: str | os.PathLike, include_debug: bool = False) -> Sweep:
+def load_sweep(
+    sweep_dir: str | os.PathLike, include_debug: bool = False, allow_mixed: bool = False
+) -> Sweep:
     """Reads every job directory of `sweep_dir` and lines them up with the jobs the sweep's
     `multirun.yaml` expected, so that missing, failed and incomplete jobs are visible.
 
     Args:
         sweep_dir: the folder a multirun wrote.
         include_debug: average debug runs (no full training) with the others.
+        allow_mixed: pair variants tested on different test sets (see `brainseg.report`).
     """
-    root = Path(sweep_dir)
+    return load_sweeps([sweep_dir], include_debug=include_debug, allow_mixed=allow_mixed)
+
+
+def load_sweeps(
+    sweep_dirs: list[str | os.PathLike],
+    labels: dict[str, str] | None = None,
+    include_debug: bool = False,
+    out: str | os.PathLike | None = None,
+    name: str = "",
+    allow_mixed: bool = False,
+) -> Sweep:
+    """Reads several sweep folders, from any day or machine, as one comparison.
+
+    Args:
+        sweep_dirs: folders a multirun wrote (or single run folders, or archives).
+        labels: {folder as given: label}; the runs of a labelled folder are named
+            `<model> [<label>]`, and kept apart from runs of other folders.
+        out: where the report goes; default `<folder>/report` for one folder, and
+            `reports/<name>` for several.
+        name: the comparison's name (its report folder, its W&B group); default the folders'
+            names joined by `+`.
+    """
+    labels = labels or {}
+    runs: list[Run] = []
+    multirun: dict[str, Any] = {}
+    swept: list[str] = []
+    for sweep_dir in sweep_dirs:
+        root = Path(sweep_dir)
+        found, keys, first = _read_folder(root)
+        for run in found:
+            run.source, run.label = root, labels.get(str(sweep_dir), "")
+        runs += found
+        swept += [k for k in keys if k not in swept]
+        multirun = multirun or first
+    unknown = set(labels) - {str(d) for d in sweep_dirs}
+    if unknown:
+        raise ValueError(f"--label names folders that are not compared: {', '.join(unknown)}")
+    assign_variants(runs, swept)
+    roots = [Path(d) for d in sweep_dirs]
+    if len(roots) == 1:
+        return Sweep(roots[0], runs, multirun, include_debug, out and Path(out), name, allow_mixed)
+    name = name or "+".join(root.resolve().name for root in roots)
+    out = Path(out) if out else Path("reports") / name
+    return Sweep(out, runs, multirun, include_debug, out, name, allow_mixed)
+
+
+def _read_folder(root: Path) -> tuple[list[Run], list[str], dict[str, Any]]:
+    """The runs of one sweep folder (found and missing), its swept keys, its multirun.yaml."""
     if not root.is_dir():
         raise FileNotFoundError(
             f"sweep directory {root} does not exist; pass the folder a multirun wrote, "
@@ -184,7 +288,123 @@ def load_sweep(sweep_dir: str | os.PathLike, include_debug: bool = False) -> Swe
             f"{root} holds no job directories (with .hydra/, metrics.json or error.txt) and no "
             "multirun.yaml; pass the folder of a `python -m brainseg.train -m ...` sweep"
         )
-    return Sweep(root=root, runs=runs, multirun=multirun, include_debug=include_debug)
+    return runs, sweep_keys, multirun
+
+
+def assign_variants(runs: list[Run], sweep_keys: list[str]) -> None:
+    """Names each run's variant from what it is, across every folder compared.
+
+    Runs that finished (or ran in debug) are grouped by model, folder label and identity
+    (settings, data): they differ in nothing but seed and fold. A model with one group is named
+    by the model alone; several are told apart by the swept overrides when those differ, else
+    by the settings that differ. The other runs (missing, failed) join the group of a finished
+    run of their folder with the same overrides, or keep their overrides' name.
+
+    Raises:
+        ValueError: one variant holds the same seed (and fold) twice, e.g. one sweep read twice
+            or rerun into two folders: name them apart with labels.
+    """
+    known = [run for run in runs if run.status in ("ok", "debug")]
+    groups: dict[tuple[str, str, str], list[Run]] = {}
+    for run in known:
+        key = (run.model, run.label, repr(sorted(run.identity.items())))
+        groups.setdefault(key, []).append(run)
+    by_model: dict[tuple[str, str], list[list[Run]]] = {}
+    for (model, label, _), members in groups.items():
+        by_model.setdefault((model, label), []).append(members)
+    for (model, label), model_groups in by_model.items():
+        names = _group_names(model_groups, sweep_keys)
+        for members, name in zip(model_groups, names, strict=True):
+            variant = " ".join(filter(None, [model, f"[{label}]" if label else "", name]))
+            for run in members:
+                run.variant = variant
+    for run in runs:
+        if run.status in ("ok", "debug"):
+            continue
+        twin = next((k for k in known if _same_job_kind(k, run, sweep_keys)), None)
+        if twin is not None:
+            run.variant = twin.variant
+        elif run.label:
+            run.variant = f"{run.model} [{run.label}]"
+    _check_repeats(known)
+
+
+def _group_names(groups: list[list[Run]], sweep_keys: list[str]) -> list[str]:
+    """What tells each group of one model apart ("" when there is one group)."""
+    if len(groups) == 1:
+        return [""]
+    swept = [k for k in sweep_keys if k not in (MODEL_KEY, *REPEAT_KEYS)]
+    by_overrides = [
+        " ".join(f"{k}={g[0].overrides[k]}" for k in swept if k in g[0].overrides) for g in groups
+    ]
+    if all(by_overrides) and len(set(by_overrides)) == len(groups):
+        return by_overrides
+    identities = [g[0].identity for g in groups]
+    keys = differing_keys(identities)
+    names = []
+    for identity in identities:
+        parts = [f"{k}={_short(identity.get(k, '-'))}" for k in keys[:LABEL_KEYS]]
+        names.append(" ".join(parts) + (" ..." if len(keys) > LABEL_KEYS else ""))
+    if len(set(names)) < len(names):  # differing beyond the keys shown
+        names = [f"{n} #{i + 1}" for i, n in enumerate(names)]
+    return names
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    text = str(value)
+    return text.rsplit(".", 1)[-1] if text.startswith(("brainseg.", "torch.")) else text
+
+
+def _same_job_kind(known: Run, run: Run, sweep_keys: list[str]) -> bool:
+    if known.source != run.source or known.model != run.model:
+        return False
+    keys = [k for k in sweep_keys if k not in (MODEL_KEY, *REPEAT_KEYS)]
+    return all(known.overrides.get(k) == run.overrides.get(k) for k in keys)
+
+
+def _check_repeats(runs: list[Run]) -> None:
+    seen: dict[tuple[str, int | None, int | None], Run] = {}
+    for run in runs:
+        key = (run.variant, run.seed, run.fold)
+        if key in seen:
+            raise ValueError(
+                f"{run.name} appears twice, in {seen[key].where} and {run.where}, with the same "
+                "settings: the same sweep read twice, or rerun into two folders. Compare them "
+                "apart with --label <folder>=<name>, or keep one."
+            )
+        seen[key] = run
+
+
+def _resolved(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved (unresolved) config, each value resolved where the config alone can resolve it
+    (`${seed}`), and kept as written where it cannot (`${now:...}`, `${hydra:...}`)."""
+    root = OmegaConf.create(config)
+    resolved: dict[str, Any] = {}
+    for key, value in _leaves(config):
+        if is_execution_key(key):
+            continue
+        try:
+            node = OmegaConf.select(root, key, throw_on_resolution_failure=True)
+            if OmegaConf.is_config(node):
+                node = OmegaConf.to_container(node, resolve=True)
+            value = node
+        except Exception:  # a resolver of another process (hydra, now, brainseg.precision)
+            pass
+        resolved[key] = value
+    return resolved
+
+
+def _leaves(config: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    leaves = []
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            leaves += _leaves(value, f"{name}.")
+        else:
+            leaves.append((name, value))
+    return leaves
 
 
 def expected_jobs(task_overrides: list[str]) -> tuple[list[str], list[dict[str, str]]]:

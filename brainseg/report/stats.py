@@ -101,17 +101,19 @@ def paired_stats(
     n_resamples: int = 2000,
     seed: int = 0,
     level: float = 0.95,
+    pairs: Sequence[tuple[str, str]] | None = None,
 ) -> pd.DataFrame:
-    """Differences (B - A) between every pair of variants on the slices both were tested on.
+    """Differences (B - A) between pairs of variants on the slices both were tested on.
 
     Args:
         per_image: variant -> per-image metrics averaged over its runs (`average_runs`).
+        pairs: the (A, B) pairs to compare; default every pair, in `per_image`'s order.
 
     Returns:
         One row per pair, subset (all, then each tumor type) and metric.
     """
     rows = []
-    for a, b in combinations(per_image, 2):
+    for a, b in combinations(per_image, 2) if pairs is None else pairs:
         paired = per_image[a].merge(per_image[b], on="id", suffixes=("_a", "_b"))
         subsets = [("all", paired)] + [
             (LABEL_NAMES.get(int(label), str(label)), group)
@@ -187,15 +189,24 @@ def stats_markdown(
     n_resamples: int,
     level: float = 0.95,
     header: Sequence[str] = (),
+    refused: dict[tuple[str, str], str] | None = None,
 ) -> str:
     """stats.md: one table per pair of variants.
 
     Args:
         n_runs: variant -> the number of runs whose per-image results were averaged.
         header: markdown lines after the title (the sweep's problems and split).
+        refused: (A, B) -> why the pair was not compared.
     """
     pct = f"{100 * level:g} %"
     lines = ["# Paired comparison on the shared test slices", "", *header]
+    if refused:
+        lines += [
+            "**Not paired: these variants were tested on different test sets (--allow-mixed).**",
+            "",
+            *(f"- {a} and {b}: {why}" for (a, b), why in refused.items()),
+            "",
+        ]
     if stats.empty:
         return "\n".join(
             lines + ["Fewer than two models with per-image results: nothing to compare.", ""]

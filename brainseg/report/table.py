@@ -81,7 +81,42 @@ def table_markdown(sweep: Sweep, table: pd.DataFrame) -> str:
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     empty_slices = any(m in table.index for m in EMPTY_SLICE_METRICS)
     lines += ["", _footer(sweep, bool(study_models), empty_slices), ""]
+    lines += protocol_markdown(sweep)
     return "\n".join(lines)
+
+
+# The protocol fingerprint's entries shown per variant (brainseg.train.protocol).
+PROTOCOL_KEYS = ("test_set", "test_slices", "image_size", "preset", "max_epochs", "data", "code")
+
+
+def protocol_markdown(sweep: Sweep) -> list[str]:
+    """What each variant was tested on and how it was trained, from its runs' fingerprints
+    (metrics.json `protocol`); values that differ between a variant's runs are all listed.
+    Empty when no run recorded one."""
+    rows = []
+    for variant in sweep.variants:
+        protocols = [r.protocol for r in sweep.runs_of(variant) if r.protocol]
+        if not protocols:
+            continue
+        cells = []
+        for key in PROTOCOL_KEYS:
+            values = list(dict.fromkeys(str(p.get(key)) for p in protocols))
+            cells.append(", ".join(v[:12] if key in ("code",) else v for v in values))
+        rows.append(f"| {variant} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    header = "| variant | test set | test slices | size | preset | epochs | data | code |"
+    return [
+        "## Protocol",
+        "",
+        "Each variant's fingerprint (metrics.json `protocol`): runs are paired slice by slice "
+        "only when their test-set hashes agree.",
+        "",
+        header,
+        "|" + " --- |" * (header.count("|") - 1),
+        *rows,
+        "",
+    ]
 
 
 def header_markdown(sweep: Sweep) -> list[str]:
