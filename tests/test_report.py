@@ -62,7 +62,7 @@ def test_table_equals_a_recomputation_from_the_run_records(tmp_path):
 
 def test_no_reference_leaves_the_study_out(tmp_path):
     sweep = make_sweep(tmp_path / "sweep")
-    build_report(sweep, reference=False, wandb=False, qualitative=False)
+    build_report(sweep, study=False, wandb=False, qualitative=False)
     table = pd.read_csv(sweep / "report" / "table.csv")
     assert not [c for c in table.columns if c.startswith("study_")]
     assert "0.8427" not in (sweep / "report" / "table.md").read_text()

@@ -18,7 +18,13 @@ from brainseg.atomic import write_text
 from brainseg.report import figures
 from brainseg.report.collect import Run, Sweep, load_sweep, load_sweeps
 from brainseg.report.qualitative import qualitative_grids
-from brainseg.report.stats import average_runs, paired_stats, stats_markdown
+from brainseg.report.stats import (
+    average_runs,
+    paired_stats,
+    rank_variants,
+    ranking_markdown,
+    stats_markdown,
+)
 from brainseg.report.table import build_table, header_markdown, load_study_table, table_markdown
 
 __all__ = ["MixedTestSets", "Run", "Sweep", "build_report", "load_sweep", "load_sweeps"]
@@ -33,12 +39,13 @@ log = logging.getLogger(__name__)
 
 def build_report(
     sweep_dir: str | os.PathLike | Sweep,
-    reference: bool = True,
+    study: bool = True,
     wandb: bool | None = None,
     qualitative: bool = True,
     n_resamples: int = 2000,
     seed: int = 0,
     include_debug: bool = False,
+    reference: str | None = None,
 ) -> dict[str, Path]:
     """Writes `<sweep_dir>/report/` (a comparison's own folder: `Sweep.report_dir`):
     table.{md,csv}, stats.{md,csv} and the figures.
@@ -51,12 +58,14 @@ def build_report(
 
     Args:
         sweep_dir: the sweep's folder, or a sweep already read with `load_sweep`.
-        reference: show the study's Table 1 numbers alongside.
+        study: show the study's Table 1 numbers alongside.
         wandb: log to the sweep's W&B group; None = when the sweep's jobs used W&B.
         qualitative: predict the best, median and worst slices with each model's first run.
         n_resamples, seed: of the bootstrap confidence intervals.
         include_debug: average debug runs (no full training) too; a sweep read with
             `load_sweep(..., include_debug=True)` includes them already.
+        reference: compare every variant with this one only; default every pair. Either way
+            the Wilcoxon p-values are Holm-corrected for the pairs compared.
 
     Returns:
         {name: path} of every file written.
@@ -69,18 +78,22 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
 
-    table = build_table(sweep, reference)
+    table = build_table(sweep, study)
     written["table.csv"] = _write(out / "table.csv", table.to_csv())
     written["table.md"] = _write(out / "table.md", table_markdown(sweep, table))
 
     per_image = per_image_means(sweep)
-    pairs, refused = comparable_pairs(sweep, list(per_image))
+    pairs, refused = comparable_pairs(sweep, candidate_pairs(list(per_image), reference))
     stats = paired_stats(per_image, n_resamples=n_resamples, seed=seed, pairs=pairs)
     n_runs = {v: len(_tested_runs(sweep, v)) for v in per_image}
     written["stats.csv"] = _write(out / "stats.csv", stats.to_csv(index=False))
     markdown = stats_markdown(
         stats, n_runs, n_resamples, header=header_markdown(sweep), refused=refused
     )
+    if len(per_image) > 2 and not refused:
+        ranking = rank_variants(per_image, n_resamples=n_resamples, seed=seed)
+        written["ranking.csv"] = _write(out / "ranking.csv", ranking.to_csv(index=False))
+        markdown += "\n" + "\n".join(ranking_markdown(ranking))
     written["stats.md"] = _write(out / "stats.md", markdown)
     if per_image:
         frames = [f.assign(model=v) for v, f in per_image.items()]
@@ -88,11 +101,11 @@ def build_report(
             out / "per_image_mean.csv", pd.concat(frames).to_csv(index=False)
         )
 
-    study = load_study_table() if reference else None
+    study_table = load_study_table() if study else None
     pictures = [
         figures.learning_curves(sweep, out / "learning_curves.png"),
         figures.dice_distribution(per_image, out / "dice_distribution.png"),
-        figures.dice_vs_ms(sweep, out / "dice_vs_ms.png", study),
+        figures.dice_vs_ms(sweep, out / "dice_vs_ms.png", study_table),
     ]
     if qualitative and per_image:
         pictures += qualitative_grids(sweep, per_image, out)
@@ -122,22 +135,38 @@ def test_sets(runs: list[Run]) -> dict[int | None, str | None]:
     return {run.fold: run.protocol.get("test_set") for run in runs}
 
 
+def candidate_pairs(variants: list[str], reference: str | None = None) -> list[tuple[str, str]]:
+    """Every pair of `variants` (A before B in their order), or `reference` against each other.
+
+    Raises:
+        ValueError: `reference` is not one of the variants.
+    """
+    if reference is None:
+        return list(combinations(variants, 2))
+    if reference not in variants:
+        raise ValueError(
+            f"--reference {reference!r} is not a variant with results; the variants are: "
+            + ", ".join(variants)
+        )
+    return [(reference, v) for v in variants if v != reference]
+
+
 def comparable_pairs(
-    sweep: Sweep, variants: list[str]
+    sweep: Sweep, pairs: list[tuple[str, str]]
 ) -> tuple[list[tuple[str, str]], dict[tuple[str, str], str]]:
-    """The pairs of `variants` tested on the same slices, and why each other pair is not.
+    """Those of `pairs` tested on the same slices, and why each other pair is not.
 
     Raises:
         MixedTestSets: a pair was tested on different slices and the sweep was not read with
             `allow_mixed`; the message names the runs and the protocol keys that differ.
     """
-    pairs, refused = [], {}
-    for a, b in combinations(variants, 2):
+    comparable, refused = [], {}
+    for a, b in pairs:
         runs_a, runs_b = _tested_runs(sweep, a), _tested_runs(sweep, b)
         sets_a, sets_b = test_sets(runs_a), test_sets(runs_b)
         recorded = None not in (*sets_a.values(), *sets_b.values())
         if not recorded or sets_a == sets_b:
-            pairs.append((a, b))
+            comparable.append((a, b))
             continue
         why = _protocol_difference(runs_a[0], runs_b[0])
         if not sweep.allow_mixed:
@@ -147,7 +176,7 @@ def comparable_pairs(
                 "protocol, or pass --allow-mixed to report them side by side, unpaired."
             )
         refused[(a, b)] = why
-    return pairs, refused
+    return comparable, refused
 
 
 def _protocol_difference(a: Run, b: Run) -> str:

@@ -40,10 +40,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="report variants tested on different test sets side by side, without pairing them",
     )
     parser.add_argument(
-        "--reference",
+        "--study",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="show the study's Table 1 numbers alongside (default: on)",
+    )
+    parser.add_argument(
+        "--reference",
+        default=None,
+        metavar="VARIANT",
+        help="compare every variant with this one (e.g. unet); default: every pair",
     )
     parser.add_argument(
         "--wandb",
@@ -87,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         written = build_report(
             sweep,
+            study=args.study,
             reference=args.reference,
             wandb=args.wandb,
             qualitative=args.qualitative,

@@ -149,7 +149,7 @@ def dice_vs_ms_figure(sweep: Sweep, study: pd.DataFrame | None = None) -> Figure
     colors = model_colors(variants)
     fig = Figure(figsize=(6.5, 4.5), layout="constrained")
     ax = fig.subplots()
-    times = []
+    times, medians = [], {}
     for variant in variants:
         runs = [r for r in sweep.runs_of(variant) if {"dice", "inference_ms"} <= r.test.keys()]
         if not runs:
@@ -170,8 +170,15 @@ def dice_vs_ms_figure(sweep: Sweep, study: pd.DataFrame | None = None) -> Figure
         )
         _name(bars, variant)
         times.append(ms)
+        medians[variant] = (float(np.median(ms)), float(np.median(dice)))
     if not times:
         return None
+    front = pareto_front(medians)
+    if len(medians) > 2 and len(front) > 1:
+        xs, ys = zip(*(medians[v] for v in front), strict=True)
+        ax.plot(
+            xs, ys, color="grey", linestyle="--", linewidth=1, label="Pareto front", gid="pareto"
+        )
     if study is not None:
         times += _study_marks(ax, study, colors)
     _time_axis(ax, np.concatenate(times))
@@ -183,6 +190,19 @@ def dice_vs_ms_figure(sweep: Sweep, study: pd.DataFrame | None = None) -> Figure
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small")
     return fig
+
+
+def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
+    """The variants no other is both faster and better than, fastest first.
+
+    Args:
+        points: variant -> (ms, Dice)."""
+    front, best = [], -np.inf
+    for variant, (_, dice) in sorted(points.items(), key=lambda item: (item[1][0], -item[1][1])):
+        if dice > best:
+            front.append(variant)
+            best = dice
+    return front
 
 
 def _quartile_bars(values: np.ndarray) -> np.ndarray:

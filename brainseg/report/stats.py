@@ -125,7 +125,108 @@ def paired_stats(
                 row = _compare(frame, metric, n_resamples, seed, level)
                 if row is not None:
                     rows.append({"model_a": a, "model_b": b, "subset": subset, **row})
-    return pd.DataFrame(rows, columns=STATS_COLUMNS)
+    stats = pd.DataFrame(rows, columns=STATS_COLUMNS)
+    # Holm over the pairs compared, within each subset: the family of one question ("does
+    # any variant differ on this subset?") grows with every variant added.
+    for _, family in stats.groupby(["subset", "metric"], sort=False):
+        stats.loc[family.index, "wilcoxon_p_holm"] = holm(family["wilcoxon_p"].to_numpy())
+    return stats
+
+
+def holm(p_values: np.ndarray) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (NaN stays NaN, and is not counted in the family)."""
+    p_values = np.asarray(p_values, dtype=float)
+    adjusted = np.full_like(p_values, np.nan)
+    finite = np.flatnonzero(np.isfinite(p_values))
+    m = finite.size
+    running = 0.0
+    for rank, i in enumerate(finite[np.argsort(p_values[finite], kind="stable")]):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def rank_variants(
+    per_image: dict[str, pd.DataFrame],
+    metric: str = "dice",
+    n_resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> pd.DataFrame:
+    """Ranks variants by their mean `metric` on the slices all of them were tested on, with the
+    uncertainty of the rank: patients are resampled with replacement, the variants ranked on
+    each resample (1 = best), and the mean rank and its percentile interval reported.
+
+    Args:
+        per_image: variant -> per-image metrics averaged over its runs; the variants must share
+            their test slices (`brainseg.report.comparable_pairs`).
+
+    Returns:
+        One row per variant, best first: variant, n_images, mean, rank (on the data), mean_rank,
+        rank_low, rank_high, p_best (share of resamples ranking it first).
+    """
+    columns = ["variant", "n_images", "mean", "rank", "mean_rank", "rank_low", "rank_high"]
+    if len(per_image) < 2:
+        return pd.DataFrame(columns=[*columns, "p_best"])
+    shared = None
+    for variant, frame in per_image.items():
+        values = frame.set_index("id")[metric].rename(variant)
+        shared = values.to_frame() if shared is None else shared.join(values, how="inner")
+    first = next(iter(per_image.values())).set_index("id")["pid"].astype(str)
+    shared = shared.dropna()
+    pids = first.reindex(shared.index).fillna("")
+    clusters = pids.to_numpy() if len(pids) and (pids != "").all() else shared.index.to_numpy()
+    _, inverse = np.unique(clusters, return_inverse=True)
+    sums = np.stack([np.bincount(inverse, weights=shared[v]) for v in per_image], axis=1)
+    counts = np.bincount(inverse).astype(float)
+    k = counts.size
+    draws = np.random.default_rng(seed).multinomial(k, np.full(k, 1.0 / k), size=n_resamples)
+    means = (draws @ sums) / (draws @ counts)[:, None]  # (n_resamples, variants)
+    ranks = _ranks(means)
+    alpha = (1.0 - level) / 2.0
+    low, high = np.percentile(ranks, [100 * alpha, 100 * (1 - alpha)], axis=0)
+    observed = shared.mean().to_numpy()
+    table = pd.DataFrame(
+        {
+            "variant": list(per_image),
+            "n_images": len(shared),
+            "mean": observed,
+            "rank": _ranks(observed[None, :])[0],
+            "mean_rank": ranks.mean(axis=0),
+            "rank_low": low,
+            "rank_high": high,
+            "p_best": (ranks == 1).mean(axis=0),
+        }
+    )
+    return table.sort_values(["mean_rank", "rank"], kind="stable").reset_index(drop=True)
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Rank of each column within each row, 1 = highest; ties share the better rank."""
+    return (values[:, None, :] > values[:, :, None]).sum(axis=2) + 1.0
+
+
+def ranking_markdown(ranking: pd.DataFrame, metric: str = "dice", level: float = 0.95) -> list[str]:
+    """The ranking as a markdown section (empty with fewer than two variants)."""
+    if ranking.empty:
+        return []
+    pct = f"{100 * level:g} %"
+    lines = [
+        f"## Ranking by {METRIC_LABELS.get(metric, metric)}",
+        "",
+        f"On the {int(ranking['n_images'].iloc[0])} slices every variant was tested on; rank 1 = "
+        f"best. Mean rank and its {pct} interval over patient-bootstrap resamples; P(best) = "
+        "share of resamples ranking the variant first.",
+        "",
+        "| variant | mean | rank | mean rank [interval] | P(best) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for row in ranking.itertuples():
+        lines.append(
+            f"| {row.variant} | {row.mean:.4f} | {row.rank:g} | {row.mean_rank:.2f} "
+            f"[{row.rank_low:g}, {row.rank_high:g}] | {row.p_best:.2f} |"
+        )
+    return [*lines, ""]
 
 
 # Below this many resampled units a bootstrap interval is too coarse to trust.
@@ -145,6 +246,7 @@ STATS_COLUMNS = [
     "ci_low",
     "ci_high",
     "wilcoxon_p",
+    "wilcoxon_p_holm",
 ]
 
 
@@ -217,23 +319,25 @@ def stats_markdown(
         f"Difference = B − A with a {pct} percentile bootstrap CI ({n_resamples} resamples of "
         "whole patients when patient ids are known, else of slices). Lesion recall is pooled "
         "(detected / lesions). Wilcoxon signed-rank test on per-slice Dice (it treats slices as "
-        "independent; slices of one patient are not, so read its p-value as optimistic).",
+        "independent; slices of one patient are not, so read its p-value as optimistic); "
+        "Holm p corrects it for the number of pairs compared on the same subset.",
         "",
     ]
     for (a, b), pair in stats.groupby(["model_a", "model_b"], sort=False):
         lines += [
             f"## B = {b} vs A = {a}",
             "",
-            f"| subset | metric | slices (units) | {a} | {b} | {b} − {a} [{pct} CI] | Wilcoxon p |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            f"| subset | metric | slices (units) | {a} | {b} | {b} − {a} [{pct} CI] "
+            "| Wilcoxon p | Holm p |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for row in pair.itertuples():
-            p = "" if np.isnan(row.wilcoxon_p) else f"{row.wilcoxon_p:.3g}"
+            p, holm_p = (_p(row.wilcoxon_p), _p(row.wilcoxon_p_holm))
             lines.append(
                 f"| {row.subset} | {METRIC_LABELS.get(row.metric, row.metric)} | "
                 f"{row.n_images} ({row.n_clusters} {row.unit}s) | {row.mean_a:.4f} | "
                 f"{row.mean_b:.4f} | {row.diff:+.4f} [{row.ci_low:+.4f}, {row.ci_high:+.4f}]"
-                f"{_marker(row.ci_low, row.ci_high, row.n_clusters)} | {p} |"
+                f"{_marker(row.ci_low, row.ci_high, row.n_clusters)} | {p} | {holm_p} |"
             )
         lines.append("")
     lines += [
@@ -241,6 +345,10 @@ def stats_markdown(
         "",
     ]
     return "\n".join(lines)
+
+
+def _p(value: float) -> str:
+    return "" if np.isnan(value) else f"{value:.3g}"
 
 
 def _marker(low: float, high: float, units: int) -> str:

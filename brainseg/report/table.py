@@ -31,9 +31,9 @@ def table_metrics(sweep: Sweep) -> tuple[str, ...]:
     return TABLE_METRICS[:at] + extra + TABLE_METRICS[at:]
 
 
-def build_table(sweep: Sweep, reference: bool = True) -> pd.DataFrame:
+def build_table(sweep: Sweep, study: bool = True) -> pd.DataFrame:
     """One row per metric; columns `<variant>_mean/_std/_n` (std over runs, ddof=1; n = runs
-    that recorded the metric) and, with `reference`, `study_<model>_mean/_std/_n` for the
+    that recorded the metric) and, with `study`, `study_<model>_mean/_std/_n` for the
     models the study has numbers for."""
     metrics = table_metrics(sweep)
     table = pd.DataFrame(index=pd.Index(metrics, name="metric"))
@@ -46,12 +46,12 @@ def build_table(sweep: Sweep, reference: bool = True) -> pd.DataFrame:
             table.loc[metric, f"{variant}_mean"] = values.mean() if values.size else np.nan
             table.loc[metric, f"{variant}_std"] = values.std(ddof=1) if values.size > 1 else np.nan
             table.loc[metric, f"{variant}_n"] = values.size
-    if reference:
-        study = load_study_table()
-        models = list(dict.fromkeys(study["model"]))
+    if study:
+        published = load_study_table()
+        models = list(dict.fromkeys(published["model"]))
         shown = [m for m in models if m in {r.model for r in sweep.runs}] or models
         for model in shown:
-            rows = study[study["model"] == model].set_index("metric")
+            rows = published[published["model"] == model].set_index("metric")
             for key in ("mean", "std", "n"):
                 table[f"study_{model}_{key}"] = rows[key].reindex(table.index)
     return table
@@ -81,8 +81,59 @@ def table_markdown(sweep: Sweep, table: pd.DataFrame) -> str:
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     empty_slices = any(m in table.index for m in EMPTY_SLICE_METRICS)
     lines += ["", _footer(sweep, bool(study_models), empty_slices), ""]
-    lines += protocol_markdown(sweep)
+    lines += cost_markdown(sweep) + protocol_markdown(sweep)
     return "\n".join(lines)
+
+
+# What each variant costs, from its runs' metrics.json: (key, column, scale, digits).
+COST = (
+    ("params", "params (M)", 1e-6, 2),
+    ("flops", "GFLOPs / image", 1e-9, 2),
+    ("wall_time_s", "training (min)", 1 / 60, 1),
+    ("epochs", "epochs", 1, 0),
+)
+
+
+def cost_table(sweep: Sweep) -> pd.DataFrame:
+    """One row per variant with a used run: the mean of its runs' params, FLOPs per image at
+    their image size, training wall time and epochs, and batch-1 inference ms (NaN where no run
+    recorded it)."""
+    rows = []
+    for variant in sweep.variants:
+        runs = sweep.runs_of(variant)
+        if not runs:
+            continue
+        row = {"variant": variant}
+        for key, *_ in COST:
+            row[key] = _mean([r.metrics.get(key) for r in runs])
+        row["inference_ms"] = _mean([r.test.get("inference_ms") for r in runs])
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["variant", *(k for k, *_ in COST), "inference_ms"])
+
+
+def cost_markdown(sweep: Sweep) -> list[str]:
+    """The cost table as markdown, so that quality is read against what it costs."""
+    costs = cost_table(sweep)
+    if costs.empty:
+        return []
+    header = "| variant | " + " | ".join(c for _, c, *_ in COST) + " | inference (ms, batch 1) |"
+    lines = ["## Cost", "", "Means over each variant's runs.", "", header]
+    lines.append("|" + " --- |" * (header.count("|") - 1))
+    for row in costs.itertuples(index=False):
+        cells = [_number(getattr(row, key), scale, digits) for key, _, scale, digits in COST] + [
+            _number(row.inference_ms, 1, 2)
+        ]
+        lines.append(f"| {row.variant} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _mean(values: list) -> float:
+    numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return float(np.mean(numbers)) if numbers else float("nan")
+
+
+def _number(value: float, scale: float, digits: int) -> str:
+    return "—" if not np.isfinite(value) else f"{value * scale:.{digits}f}"
 
 
 # The protocol fingerprint's entries shown per variant (brainseg.train.protocol).
