@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from brainseg.data.readers import FORMATS, read_image, read_mask, suffixes
+from brainseg.data.readers import read_image, read_mask, suffixes
 from brainseg.data.sources import (
     FOLDS,
     ContentCheck,
@@ -51,11 +51,14 @@ class FolderSource(Source):
             if refused or problems:
                 lines = refused + problems
                 shown = "\n  ".join(lines[:10]) + ("\n  ..." if len(lines) > 10 else "")
+                counts = [f"{len(refused)} file(s) that cannot be slices"] if refused else []
+                counts += [f"{len(problems)} unpaired file(s)"] if problems else []
+                fixes = ["convert or remove those"] if refused else []
+                fixes += ["add the missing files or remove the strays"] if problems else []
                 raise ValueError(
-                    f"{len(refused)} file(s) that cannot be slices and {len(problems)} unpaired "
-                    f"file(s) in {self.root}:\n  {shown}\nconvert or remove the first, add "
-                    "the missing partners or remove the strays; `python -m brainseg.data verify "
-                    f"data=folder data.root={self.root}` lists every problem"
+                    f"{' and '.join(counts)} in {self.root}:\n  {shown}\n{'; '.join(fixes)}; "
+                    f"`python -m brainseg.data verify data=folder data.root={self.root}` lists "
+                    "every problem"
                 )
             ids = sorted(images, key=natural_key)
             self._pairs = [(i, images[i], masks[i]) for i in ids]
@@ -201,7 +204,7 @@ def _by_stem(folder: Path) -> tuple[dict[str, Path], list[str]]:
 
 
 def _readable(path: Path) -> bool:
-    return path.suffix.lower() in FORMATS
+    return path.suffix.lower() in suffixes()
 
 
 def read_metadata(path: Path) -> list[tuple[int, str, dict]]:

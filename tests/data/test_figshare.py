@@ -10,6 +10,7 @@ from datafiles import slice_arrays, write_mat
 from brainseg.data.cache import build_cache, load_cache
 from brainseg.data.figshare import FigshareSource, RemoteFile
 from brainseg.data.readers import read_mat
+from brainseg.data.sources import ContentCheck
 
 
 def _zip(members: dict[str, bytes]) -> bytes:
@@ -138,3 +139,15 @@ def test_cvind_in_matlab_v5_format_is_read(tmp_path):
 
     savemat(tmp_path / "cvind.mat", {"cvind": np.array([[1], [2], [5]], dtype=float)})
     assert read_cvind(tmp_path / "cvind.mat").tolist() == [1, 2, 5]
+
+
+def test_verify_passes_valid_slices_to_the_content_check(server, article, tmp_path):
+    source = FigshareSource(tmp_path / "fs", base_url=f"{server.url}/files", files=article)
+    source.prepare()
+    image, mask = slice_arrays(5)
+    write_mat(tmp_path / "fs" / "mat" / "5.mat", image, 1 - mask)  # inverted
+    content = ContentCheck()
+    assert source.verify(content) == []
+    assert content.count == 11
+    (warning,) = content.warnings()
+    assert warning.startswith("1 of 11 mask(s) cover more than 50%") and "mat/5.mat (" in warning

@@ -3,10 +3,11 @@
 import h5py
 import numpy as np
 import pytest
-from datafiles import slice_arrays, write_mat
+from datafiles import slice_arrays, write_folder, write_mat
 from PIL import Image
 
 from brainseg.data import readers
+from brainseg.data.folder import FolderSource
 from brainseg.data.readers import FORMATS, Format, read_image, read_mask, read_mat
 
 TRUTH = np.zeros((12, 16), dtype=bool)
@@ -114,8 +115,13 @@ def test_a_registered_format_is_read_everywhere(tmp_path, monkeypatch):
     fmt = Format("NumPy", (".npy",), lambda p: np.load(p), lambda p: np.load(p))
     monkeypatch.setattr(readers, "FORMATS", dict(FORMATS))
     readers.register_format(fmt)
-    np.save(tmp_path / "a.npy", TRUTH.astype(np.uint8))
-    np.testing.assert_array_equal(read_mask(tmp_path / "a.npy"), TRUTH)
+    root = write_folder(tmp_path / "d", n=2, metadata=False)
+    for sub in ("images", "masks"):
+        np.save(root / sub / "2.npy", np.asarray(Image.open(root / sub / "2.png")))
+        (root / sub / "2.png").unlink()
+    samples = list(FolderSource(root))
+    np.testing.assert_array_equal(samples[1].mask, np.load(root / "masks" / "2.npy"))
+    np.testing.assert_array_equal(read_image(root / "images" / "2.npy"), samples[1].image)
     assert ".npy" in readers.suffixes()
     with pytest.raises(ValueError, match=r"format Lossy refuses masks: give mask_refusal"):
         readers.register_format(Format("Lossy", (".x",), read_image, None))
