@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 from brainseg.atomic import atomic_path, write_csv
 from brainseg.data.cache import resize_image, to_uint8
-from brainseg.data.figshare import read_mat
-from brainseg.data.folder import read_image
+from brainseg.data.readers import read_image as read_slice
+from brainseg.data.readers import suffixes
 from brainseg.data.transforms import build_transforms
 from brainseg.metrics import probabilities, to_masks
 from brainseg.module import SegmentationModule, load_module
@@ -36,7 +36,7 @@ from brainseg.module import SegmentationModule, load_module
 log = logging.getLogger(__name__)
 
 
-SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".mat")
+SUFFIXES = suffixes()  # every format of the reader registry
 OVERLAY_COLOR = np.array([255, 40, 40], dtype=np.float32)
 
 
@@ -63,16 +63,6 @@ def find_inputs(spec: str | os.PathLike) -> list[Path]:
             f"{', '.join(SUFFIXES)} files"
         )
     return sorted(files)
-
-
-def read_slice(path: Path) -> np.ndarray:
-    """A (H, W) grey slice from an image file or a figshare .mat (its `cjdata.image`)."""
-    if path.suffix.lower() not in SUFFIXES:
-        raise ValueError(f"{path}: unsupported file type; use one of {', '.join(SUFFIXES)}")
-    image = read_mat(path).image if path.suffix.lower() == ".mat" else read_image(path)
-    if image.ndim != 2 or min(image.shape) < 2:
-        raise ValueError(f"{path}: expected a 2D slice, found an array of shape {image.shape}")
-    return image
 
 
 class SlicePreprocessor:

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from brainseg.config import compose
-from brainseg.data.sources import LABEL_NAMES, Source
+from brainseg.data.sources import LABEL_NAMES, ContentCheck, Source
 from brainseg.data.splits import SUBSETS, resolve_mode
 
 
@@ -86,7 +86,8 @@ def info(cfg: DictConfig) -> int:
 def verify(cfg: DictConfig) -> int:
     source = instantiate(cfg.data.source)
     print(f"checking {type(source).__name__} at {cfg.data.get('root')}")
-    problems = source.verify()
+    content = ContentCheck()
+    problems = source.verify(content)
     try:
         split, problem = split_summary(source, cfg.data.split)
     except ValueError as error:
@@ -96,11 +97,17 @@ def verify(cfg: DictConfig) -> int:
     problems += [problem] if problem else []
     for line in problems:
         print(f"PROBLEM {line}")
+    warnings = content.warnings()
+    for line in warnings:
+        print(f"WARNING {line}")
     print(split)
     if problems:
         print(f"{len(problems)} problem(s) found")
         return 1
-    print(f"OK: {len(source)} image/mask pairs, all readable, sizes match, masks binary")
+    checked = "all readable, sizes match, masks binary"
+    if warnings:
+        checked += f"; {len(warnings)} warning(s) above: look at those slices before training"
+    print(f"OK: {len(source)} image/mask pairs, {checked}")
     return 0
 
 

@@ -1,11 +1,13 @@
-"""The figshare brain tumor data set (Cheng et al., article 1512427): download, unzip, read .mat."""
+"""The figshare brain tumor data set (Cheng et al., article 1512427): download and unzip.
+
+Its .mat slices are read by `brainseg.data.readers.read_mat`, as every format is.
+"""
 
 from __future__ import annotations
 
 import os
 import zipfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +17,8 @@ from tqdm import tqdm
 
 from brainseg.atomic import atomic_path
 from brainseg.data.download import download
-from brainseg.data.sources import Sample, Source, check_pair, natural_key
+from brainseg.data.readers import read_mat, read_pid
+from brainseg.data.sources import ContentCheck, Sample, Source, check_pair, natural_key
 
 BASE_URL = "https://ndownloader.figshare.com/files"
 
@@ -45,8 +48,6 @@ FILES = (
     ),
     RemoteFile("cvind.mat", 7005344, "5ea82eb3212c9fcb84290ccf0beb486d", 5736),
 )
-
-CJDATA_FIELDS = ("image", "tumorMask", "PID", "label")
 
 
 class FigshareSource(Source):
@@ -134,7 +135,7 @@ class FigshareSource(Source):
         """{slice id: patient id}, read from each file's PID alone (no image is read)."""
         return {path.stem: read_pid(path) for path in self.mat_files()}
 
-    def verify(self) -> list[str]:
+    def verify(self, content: ContentCheck | None = None) -> list[str]:
         problems = []
         for path in tqdm(self.mat_files(), desc="verify", unit="slice"):
             try:
@@ -142,7 +143,10 @@ class FigshareSource(Source):
             except (ValueError, OSError) as error:
                 problems.append(str(error))
                 continue
-            problems += check_pair(sample.image, sample.mask, str(path))
+            found = check_pair(sample.image, sample.mask, str(path))
+            problems += found
+            if content is not None and not found:
+                content.add(str(path), sample.image, sample.mask)
         return problems
 
 
@@ -173,49 +177,6 @@ def extract_mats(zip_path: Path, out_dir: Path) -> list[Path]:
     return written
 
 
-def read_mat(path: str | os.PathLike) -> Sample:
-    """Read one slice N.mat (MATLAB v7.3, HDF5) of the figshare data set."""
-    path = Path(path)
-    with _cjdata(path) as group:
-        # MATLAB writes column-major arrays, so h5py sees them transposed.
-        image = np.asarray(group["image"]).T
-        mask = np.asarray(group["tumorMask"]).T
-        pid = _pid(group)
-        label = int(np.asarray(group["label"]).ravel()[0])
-    return Sample(image, mask, {"id": path.stem, "pid": pid, "label": label})
-
-
-def read_pid(path: str | os.PathLike) -> str:
-    """The patient id of one slice N.mat, without reading its image."""
-    with _cjdata(Path(path)) as group:
-        return _pid(group)
-
-
-def _pid(group: h5py.Group) -> str:
-    return "".join(chr(int(c)) for c in np.asarray(group["PID"]).ravel()).strip("\x00 ")
-
-
-@contextmanager
-def _cjdata(path: Path) -> Iterator[h5py.Group]:
-    """The file's `cjdata` struct; a ValueError naming the file and the fix when it, or what
-    is read from it, is not a slice of the data set."""
-    if not h5py.is_hdf5(path):
-        raise ValueError(_not_hdf5_message(path))
-    try:
-        with h5py.File(path, "r") as f:
-            group = f.get("cjdata")
-            if not isinstance(group, h5py.Group):
-                raise ValueError(
-                    f"{path} has no 'cjdata' struct (found {sorted(f.keys())}); {_MAT_FIX}"
-                )
-            missing = [k for k in CJDATA_FIELDS if k not in group]
-            if missing:
-                raise ValueError(f"{path}: cjdata lacks {', '.join(missing)}; {_MAT_FIX}")
-            yield group
-    except (OSError, KeyError, TypeError, IndexError) as error:
-        raise ValueError(f"{path} is damaged ({error}); {_MAT_FIX}") from error
-
-
 def read_cvind(path: str | os.PathLike) -> np.ndarray:
     """The 5-fold patient-wise assignment `cvind` (values 1..5, one per slice)."""
     path = Path(path)
@@ -230,17 +191,3 @@ def read_cvind(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(
             f"cannot read the folds from {path} ({error}): delete it and run prepare again"
         ) from error
-
-
-_MAT_FIX = "delete it and run `python -m brainseg.data prepare` to extract it again from its zip"
-
-
-def _not_hdf5_message(path: Path) -> str:
-    with open(path, "rb") as f:
-        head = f.read(128)
-    if head.startswith(b"MATLAB 5.0 MAT-file"):
-        return (
-            f"{path} is a MATLAB v5 file, not v7.3 (HDF5): re-save it in MATLAB with "
-            f"save(file, 'cjdata', '-v7.3'), or {_MAT_FIX}"
-        )
-    return f"{path} is not a MATLAB v7.3 (HDF5) file, it is corrupt or truncated: {_MAT_FIX}"

@@ -8,24 +8,31 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from brainseg.data.sources import Sample, Source, check_pair, first_few, is_binary, natural_key
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-LOSSY_SUFFIXES = (".jpg", ".jpeg")
+from brainseg.data.readers import read_image, read_mask, suffixes
+from brainseg.data.sources import (
+    FOLDS,
+    ContentCheck,
+    Sample,
+    Source,
+    check_pair,
+    first_few,
+    natural_key,
+)
 
 
 class FolderSource(Source):
     """Slices stored as image files: `root/images/<id>.<ext>` and `root/masks/<id>.<ext>`.
 
-    Masks hold 0 for background and 255 (or 1) for tumor; an all-zero mask is a slice
-    without tumor. An optional `root/metadata.csv` with columns `sample_id,pid[,label][,fold]`
-    gives patient ids (for patient splits), tumor types and cross-validation folds; each of
-    its rows must name an image (sample_id = file stem), once. Images without a row have no
-    pid, which only `data.split=image` accepts (see `resolve_mode`).
+    Every file in images/ and masks/ must have a suffix that `brainseg.data.readers` reads;
+    masks are decoded by what the file means (grey values, palette index or alpha channel,
+    see docs/data.md) and hold 0 for background and 1, 255 or 65535 for tumor; an all-zero
+    mask is a slice without tumor. An optional `root/metadata.csv` with columns
+    `sample_id,pid[,label][,fold]` gives patient ids (for patient splits), tumor types and
+    cross-validation folds (1..5, empty where unknown); each of its rows must name an image
+    (sample_id = file stem), once. Images without a row have no pid, which only
+    `data.split=image` accepts (see `resolve_mode`).
     Ids are ordered naturally (2 before 10).
     """
 
@@ -36,34 +43,44 @@ class FolderSource(Source):
         self._meta: dict[str, dict] | None = None
 
     def pairs(self) -> list[tuple[str, Path, Path]]:
-        """(id, image path, mask path) of every slice; raises when a file has no partner."""
+        """(id, image path, mask path) of every slice; raises when a file has no partner or
+        cannot be a slice (a suffix no reader reads, a subfolder, a repeated stem)."""
         if self._pairs is None:
-            images, masks = self._scan()
+            images, masks, refused = self._scan()
             problems = unpaired(images, masks)
-            if problems:
-                shown = "\n  ".join(problems[:10]) + ("\n  ..." if len(problems) > 10 else "")
+            if refused or problems:
+                lines = refused + problems
+                shown = "\n  ".join(lines[:10]) + ("\n  ..." if len(lines) > 10 else "")
+                counts = [f"{len(refused)} file(s) that cannot be slices"] if refused else []
+                counts += [f"{len(problems)} unpaired file(s)"] if problems else []
+                fixes = ["convert or remove those"] if refused else []
+                fixes += ["add the missing files or remove the strays"] if problems else []
                 raise ValueError(
-                    f"{len(problems)} unpaired file(s) in {self.root}:\n  {shown}\nadd the missing "
-                    "files or remove the strays; `python -m brainseg.data verify data=folder "
-                    f"data.root={self.root}` lists every problem"
+                    f"{' and '.join(counts)} in {self.root}:\n  {shown}\n{'; '.join(fixes)}; "
+                    f"`python -m brainseg.data verify data=folder data.root={self.root}` lists "
+                    "every problem"
                 )
             ids = sorted(images, key=natural_key)
             self._pairs = [(i, images[i], masks[i]) for i in ids]
         return self._pairs
 
-    def _scan(self) -> tuple[dict[str, Path], dict[str, Path]]:
+    def _scan(self) -> tuple[dict[str, Path], dict[str, Path], list[str]]:
+        """Every file of images/ and masks/ by stem, and one line per entry that cannot be a
+        slice (those files stay in the dicts, so that pairing and metadata still see them)."""
         if not self.root.is_dir():
             raise FileNotFoundError(
                 f"data folder {self.root} does not exist: set data.root to a folder holding "
                 "images/ and masks/"
             )
-        images, masks = (_by_stem(self.root / sub) for sub in ("images", "masks"))
-        if not images:
+        (images, refused), (masks, refused_masks) = (
+            _by_stem(self.root / sub) for sub in ("images", "masks")
+        )
+        if not images and not refused:
             raise ValueError(
-                f"no images ({', '.join(IMAGE_SUFFIXES)}) in {self.root / 'images'}: put the "
+                f"no images ({', '.join(suffixes())}) in {self.root / 'images'}: put the "
                 "slices there and their masks, with the same file stems, in masks/"
             )
-        return images, masks
+        return images, masks, refused + refused_masks
 
     def metadata(self) -> dict[str, dict]:
         """Per id: pid, label and fold from metadata.csv (empty when there is none).
@@ -121,19 +138,24 @@ class FolderSource(Source):
             return None
         return {i: meta[i]["fold"] for i in ids}
 
-    def verify(self) -> list[str]:
-        """Every problem of the folder: unpaired files, unreadable files, sizes, mask values,
-        metadata rows that name no image or repeat a sample_id."""
-        images, masks = self._scan()
-        problems = unpaired(images, masks)
+    def verify(self, content: ContentCheck | None = None) -> list[str]:
+        """Every problem of the folder: files no reader reads, unpaired files, unreadable files,
+        sizes, mask values, metadata rows that name no image, repeat a sample_id or give a fold
+        outside 1..5. Each readable pair is also passed to `content`."""
+        images, masks, problems = self._scan()
+        problems += unpaired(images, masks)
         both = sorted(set(images) & set(masks), key=natural_key)
-        for sid in tqdm(both, desc="verify", unit="pair"):
+        readable = [s for s in both if _readable(images[s]) and _readable(masks[s])]
+        for sid in tqdm(readable, desc="verify", unit="pair"):
             try:
                 image, mask = read_image(images[sid]), read_mask(masks[sid])
             except ValueError as error:
                 problems.append(str(error))
                 continue
-            problems += check_pair(image, mask, f"{images[sid]} / {masks[sid]}")
+            pair_problems = check_pair(image, mask, f"{images[sid]} / {masks[sid]}")
+            problems += pair_problems
+            if content is not None and not pair_problems:
+                content.add(f"{images[sid]} / {masks[sid]}", image, mask)
         try:
             problems += metadata_problems(self.pid_file, read_metadata(self.pid_file), images)
         except ValueError as error:
@@ -148,53 +170,49 @@ def unpaired(images: dict[str, Path], masks: dict[str, Path]) -> list[str]:
     return lines
 
 
-def _by_stem(folder: Path) -> dict[str, Path]:
+def _by_stem(folder: Path) -> tuple[dict[str, Path], list[str]]:
+    """Every file in `folder` by stem (hidden files aside), and one line per entry that cannot
+    be a slice: a suffix no reader reads, a subfolder, a second file with a stem already seen.
+    Nothing is skipped silently: a skipped slice would shrink the data set without a word."""
     if not folder.is_dir():
         raise FileNotFoundError(
             f"{folder} does not exist: the data folder needs images/ and masks/ side by side"
         )
     found: dict[str, Path] = {}
+    problems = []
     for path in sorted(folder.iterdir()):
-        if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():
+            problems.append(
+                f"{path}: a subfolder, which is not read; images/ and masks/ hold the files "
+                "themselves: move its files up or remove it"
+            )
             continue
         if path.stem in found:
-            raise ValueError(
+            problems.append(
                 f"{found[path.stem]} and {path} share the stem {path.stem!r}: keep one of them"
             )
+            continue
+        if not _readable(path):
+            problems.append(
+                f"{path}: no reader for {path.suffix or 'files without a suffix'} "
+                f"(the readers take {', '.join(suffixes())}): convert it to PNG or remove it"
+            )
         found[path.stem] = path
-    return found
+    return found, problems
 
 
-def read_image(path: Path) -> np.ndarray:
-    """A grey (H, W) array from an image file (colour is converted to grey)."""
-    try:
-        with Image.open(path) as img:
-            if img.mode in ("RGB", "RGBA", "P", "LA", "CMYK", "YCbCr"):
-                img = img.convert("L")
-            array = np.asarray(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ValueError(
-            f"cannot read {path} ({error}): re-export it or remove the pair"
-        ) from error
-    if array.ndim == 3:  # e.g. a multi-channel TIFF
-        array = array[..., 0]
-    return array
-
-
-def read_mask(path: Path) -> np.ndarray:
-    """A (H, W) mask array; masks stored as JPEG are thresholded at half range."""
-    mask = read_image(path)
-    if path.suffix.lower() in LOSSY_SUFFIXES and not is_binary(np.unique(mask)):
-        # JPEG compression blurs the 0/255 edge into intermediate values.
-        mask = (mask >= 128).astype(np.uint8) * 255
-    return mask
+def _readable(path: Path) -> bool:
+    return path.suffix.lower() in suffixes()
 
 
 def read_metadata(path: Path) -> list[tuple[int, str, dict]]:
     """(line, sample_id, {"pid", "label", "fold"}) per row of metadata.csv; [] when absent."""
     if not path.exists():
         return []
-    with open(path, newline="") as f:
+    # utf-8-sig: Excel writes a byte order mark before the first column name.
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         columns = reader.fieldnames or []
         if "sample_id" not in columns or "pid" not in columns:
@@ -204,17 +222,25 @@ def read_metadata(path: Path) -> list[tuple[int, str, dict]]:
             )
         rows = []
         for line, row in enumerate(reader, start=2):
+            sid = (row["sample_id"] or "").strip()
+            fold = (row.get("fold") or "").strip()
             try:
                 fields = {
                     "pid": (row["pid"] or "").strip(),
                     "label": int(row.get("label") or 0),
-                    "fold": int(row.get("fold") or 0),
+                    "fold": int(fold) if fold else 0,  # 0: unknown
                 }
             except ValueError as error:
                 raise ValueError(
                     f"{path}, line {line}: {error}; label and fold must be integers"
                 ) from error
-            rows.append((line, (row["sample_id"] or "").strip(), fields))
+            if fold and fields["fold"] not in FOLDS:
+                raise ValueError(
+                    f"{path}, line {line} (sample_id {sid}): fold {fold} is not one of the "
+                    f"cross-validation folds {FOLDS.start}..{FOLDS.stop - 1}: correct it, or "
+                    "leave the fold empty where it is unknown"
+                )
+            rows.append((line, sid, fields))
     return rows
 
 

@@ -1,7 +1,9 @@
 import logging
 
+import numpy as np
 import pytest
 from datafiles import write_folder, write_metadata
+from PIL import Image
 
 from brainseg.data.__main__ import main
 
@@ -124,3 +126,56 @@ def test_errors_exit_non_zero_with_the_message(tmp_path, capsys):
         == 2
     )
     assert "nowhere does not exist" in capsys.readouterr().err
+
+
+def test_verify_counts_a_bmp_pair(tmp_path, capsys):
+    # A .bmp pair used to be skipped: "OK: 5 image/mask pairs" for 6 slices.
+    root = write_folder(tmp_path / "d")
+    for sub in ("images", "masks"):
+        Image.open(root / sub / "6.png").save(root / sub / "6.bmp")
+        (root / sub / "6.png").unlink()
+    assert main(["verify", "data=folder", f"data.root={root}"]) == 0
+    assert "OK: 6 image/mask pairs" in capsys.readouterr().out
+
+
+def test_verify_names_a_pair_no_reader_reads(tmp_path, capsys):
+    root = write_folder(tmp_path / "d")
+    for sub in ("images", "masks"):
+        Image.open(root / sub / "6.png").save(root / sub / "6.webp", lossless=True)
+        (root / sub / "6.png").unlink()
+    problems = verify_problems(root, capsys)
+    assert len(problems) == 2
+    assert all("6.webp: no reader for .webp" in p for p in problems)
+
+
+def test_verify_warns_about_an_inverted_mask(tmp_path, capsys):
+    root = write_folder(tmp_path / "d")
+    mask = np.asarray(Image.open(root / "masks" / "2.png"))
+    Image.fromarray(255 - mask).save(root / "masks" / "2.png")
+    assert main(["verify", "data=folder", f"data.root={root}"]) == 0
+    out = capsys.readouterr().out
+    (warning,) = [line for line in out.splitlines() if line.startswith("WARNING")]
+    covered = np.mean(mask == 0)
+    assert "1 of 6 mask(s) cover more than 50%" in warning
+    assert f"masks/2.png ({covered:.0%})" in warning and "invert them" in warning
+    assert "1 warning(s) above" in out
+
+
+def test_verify_warns_about_images_without_signal(tmp_path, capsys):
+    root = write_folder(tmp_path / "d")
+    for i in range(1, 7):
+        Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / "images" / f"{i}.png")
+    assert main(["verify", "data=folder", f"data.root={root}"]) == 0
+    out = capsys.readouterr().out
+    assert "WARNING all 6 images are constant (e.g. all zero): the images hold no signal" in out
+    Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16)).save(root / "images" / "1.png")
+    assert main(["verify", "data=folder", f"data.root={root}"]) == 0
+    out = capsys.readouterr().out
+    assert "WARNING 5 of 6 image(s) are constant, without signal: " in out
+    assert "images/2.png / " in out and "images/1.png / " not in out
+
+
+def test_verify_of_a_clean_folder_warns_about_nothing(tmp_path, capsys):
+    root = write_folder(tmp_path / "d", empty=(1, 2))
+    assert main(["verify", "data=folder", f"data.root={root}"]) == 0
+    assert "WARNING" not in capsys.readouterr().out

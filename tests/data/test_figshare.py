@@ -8,48 +8,9 @@ import pytest
 from datafiles import slice_arrays, write_mat
 
 from brainseg.data.cache import build_cache, load_cache
-from brainseg.data.figshare import FigshareSource, RemoteFile, read_mat
-
-
-def test_read_mat_undoes_matlab_transpose_and_decodes_pid(tmp_path):
-    image, mask = slice_arrays(0)
-    sample = read_mat(write_mat(tmp_path / "7.mat", image, mask, pid="100360", label=3))
-    np.testing.assert_array_equal(sample.image, image)
-    np.testing.assert_array_equal(sample.mask, mask)
-    assert sample.image.dtype == np.int16
-    assert sample.meta == {"id": "7", "pid": "100360", "label": 3}
-
-
-def test_mat_v5_is_rejected_with_the_fix(tmp_path):
-    path = tmp_path / "1.mat"
-    path.write_bytes(b"MATLAB 5.0 MAT-file, Platform: PCWIN".ljust(128, b" ") + bytes(64))
-    with pytest.raises(ValueError, match=r"1\.mat is a MATLAB v5 file, not v7\.3.*-v7\.3"):
-        read_mat(path)
-
-
-def test_truncated_mat_is_reported_as_damaged(tmp_path):
-    path = write_mat(tmp_path / "2.mat", *slice_arrays(0))
-    path.write_bytes(path.read_bytes()[:1500])
-    with pytest.raises(ValueError, match=r"2\.mat .*(damaged|corrupt).*prepare"):
-        read_mat(path)
-
-
-def test_garbage_mat_is_reported(tmp_path):
-    path = tmp_path / "3.mat"
-    path.write_bytes(b"\x00garbage" * 100)
-    with pytest.raises(ValueError, match=r"3\.mat is not a MATLAB v7\.3 .*corrupt"):
-        read_mat(path)
-
-
-def test_missing_cjdata_field_is_named(tmp_path):
-    path = write_mat(tmp_path / "4.mat", *slice_arrays(0), skip=("tumorMask",))
-    with pytest.raises(ValueError, match=r"4\.mat: cjdata lacks tumorMask"):
-        read_mat(path)
-    other = tmp_path / "5.mat"
-    with h5py.File(other, "w") as f:
-        f["something"] = np.zeros(3)
-    with pytest.raises(ValueError, match=r"5\.mat has no 'cjdata'"):
-        read_mat(other)
+from brainseg.data.figshare import FigshareSource, RemoteFile
+from brainseg.data.readers import read_mat
+from brainseg.data.sources import ContentCheck
 
 
 def _zip(members: dict[str, bytes]) -> bytes:
@@ -178,3 +139,15 @@ def test_cvind_in_matlab_v5_format_is_read(tmp_path):
 
     savemat(tmp_path / "cvind.mat", {"cvind": np.array([[1], [2], [5]], dtype=float)})
     assert read_cvind(tmp_path / "cvind.mat").tolist() == [1, 2, 5]
+
+
+def test_verify_passes_valid_slices_to_the_content_check(server, article, tmp_path):
+    source = FigshareSource(tmp_path / "fs", base_url=f"{server.url}/files", files=article)
+    source.prepare()
+    image, mask = slice_arrays(5)
+    write_mat(tmp_path / "fs" / "mat" / "5.mat", image, 1 - mask)  # inverted
+    content = ContentCheck()
+    assert source.verify(content) == []
+    assert content.count == 11
+    (warning,) = content.warnings()
+    assert warning.startswith("1 of 11 mask(s) cover more than 50%") and "mat/5.mat (" in warning
