@@ -67,28 +67,6 @@ def find_inputs(spec: str | os.PathLike) -> list[Path]:
     return sorted(files)
 
 
-def input_folder(spec: str | os.PathLike) -> Path:
-    """The folder that outputs mirror: a folder itself, a file's folder, or a glob's part before
-    its first wildcard."""
-    path = Path(spec)
-    if path.is_dir():
-        return path
-    if path.is_file():
-        return path.parent
-    fixed = []
-    for part in path.parts[:-1]:
-        if glob.has_magic(part):
-            break
-        fixed.append(part)
-    return Path(*fixed) if fixed else Path(".")
-
-
-def _descends(spec: str | os.PathLike) -> bool:
-    """Whether a glob reaches below its input folder (`**`, or a wildcard in a folder name)."""
-    path = Path(spec)
-    return not path.exists() and any(glob.has_magic(part) for part in path.parts[:-1])
-
-
 def read_slice(path: Path) -> np.ndarray:
     """A (H, W) grey slice from an image file or a figshare .mat (its `cjdata.image`)."""
     if path.suffix.lower() not in SUFFIXES:
@@ -168,6 +146,30 @@ def predict(
     if result.rows:
         write_csv(out_dir / "predictions.csv", result.rows)
     return result
+
+
+def input_folder(spec: str | os.PathLike) -> Path:
+    """The folder that outputs mirror: a folder itself, a file's folder, or a glob's part before
+    its first wildcard."""
+    path = Path(spec)
+    if path.is_dir():
+        return path
+    if path.is_file():
+        return path.parent
+    fixed = []
+    for part in path.parts[:-1]:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
+
+
+def _descends(spec: str | os.PathLike) -> bool:
+    """Whether a glob reaches below its input folder (`**`, or a wildcard in a folder name)."""
+    path = Path(spec)
+    if path.exists():
+        return False
+    return "**" in path.name or any(glob.has_magic(part) for part in path.parts[:-1])
 
 
 def output_stems(files: list[Path], folder: Path, out_dir: Path) -> dict[Path, Path]:

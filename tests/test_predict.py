@@ -160,6 +160,7 @@ def test_inputs_that_would_share_an_output_are_refused_naming_both(tmp_path, che
         ("scans/x.png", "scans"),  # a file's own folder
         ("scans/*.png", "scans/."),  # a glob's folder, spelled otherwise
         ("scans/**/*.png", "scans/masks"),  # inside the folder a recursive glob searches
+        ("scans/**", "scans/masks"),  # the same, every file below
         ("scans/**/*.png", "scans/sub"),  # into an input's own folder
     ],
 )
