@@ -1,5 +1,6 @@
 """What brainseg adds to Lightning's Trainer: per-step seeding, a wall clock that survives a resume,
-a check of the CPU thread count on resume, and atomic checkpoint files."""
+a check of the CPU thread count on resume, and checkpoint files written atomically and read
+without running code."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.trainer.states import TrainerFn
 
 from brainseg.atomic import atomic_path
+from brainseg.checkpoints import load_checkpoint_file
 from brainseg.data.sampler import derive_seed
 
 log = logging.getLogger(__name__)
@@ -104,10 +106,28 @@ class CpuThreads(pl.Callback):
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint beside its path and moves it into place: a run killed while
-    saving leaves the previous `last.ckpt` or `best.ckpt` whole, never a truncated one."""
+    saving leaves the previous `last.ckpt` or `best.ckpt` whole, never a truncated one.
+
+    Reads each checkpoint Lightning loads (a resume, `trainer.test(ckpt_path=...)`) with
+    `brainseg.checkpoints.load_checkpoint_file`: without running code unless `trust`
+    (`trust_checkpoint=true`).
+    """
+
+    def __init__(self, trust: bool = False) -> None:
+        super().__init__()
+        self.trust = bool(trust)
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
     ) -> None:
         with atomic_path(path) as tmp:
             super().save_checkpoint(checkpoint, tmp, storage_options)
+
+    def load_checkpoint(
+        self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"Checkpoint file not found: {path}")
+        # Lightning's own default location: where the tensors were saved
+        location = map_location if map_location is not None else (lambda storage, loc: storage)
+        return load_checkpoint_file(path, map_location=location, trust=self.trust)

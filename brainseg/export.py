@@ -4,7 +4,7 @@
     python -m brainseg.export ckpt_path=... format=torchscript output=unet.pt
 
 The exported model maps normalised images `image` (B, C, H, W) to `logits` (B, 1, H, W), any
-batch size. Inputs are prepared as `brainseg.predict.SlicePreprocessor` does.
+batch size. Inputs are prepared as `brainseg.data.transforms.SlicePreprocessor` does.
 """
 
 from __future__ import annotations
@@ -39,8 +39,12 @@ def export(
     opset: int = 18,
     tolerance: float = 1e-3,
     seed: int = 0,
+    trust_checkpoint: bool = False,
 ) -> tuple[Path, float]:
-    """Writes the checkpoint's network in `format` and compares it with PyTorch.
+    """Writes the checkpoint's network in `format` and compares it with PyTorch (in float32).
+
+    `trust_checkpoint`: load a checkpoint that needs more than brainseg's checkpoint types
+    (`brainseg.checkpoints`); it may run code.
 
     Returns:
         (path written, max |exported - PyTorch| over the logits on random input).
@@ -50,7 +54,7 @@ def export(
     """
     if format not in FORMATS:
         raise ValueError(f"format={format!r} is not one of {', '.join(FORMATS)}")
-    module = load_module(ckpt_path)
+    module = load_module(ckpt_path, trust=trust_checkpoint)
     net, data = module.net.eval(), module.hparams.config["data"]
     size = int(image_size or data["image_size"])
     channels = int(data["in_channels"])
@@ -129,6 +133,7 @@ def main(cfg: DictConfig) -> float:
         opset=e.opset,
         tolerance=e.tolerance,
         seed=e.seed,
+        trust_checkpoint=cfg.trust_checkpoint,
     )
     print(
         f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB); "

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 
+from brainseg.checkpoints import UntrustedCheckpointError, load_checkpoint_file
 from brainseg.config import resolve_channels_last
 from brainseg.data.sources import natural_key
 from brainseg.metrics import (
@@ -278,10 +279,12 @@ def build_module(
 
 
 def read_checkpoint(
-    ckpt_path: str | Path, map_location: str | torch.device = "cpu"
+    ckpt_path: str | Path, map_location: str | torch.device = "cpu", trust: bool = False
 ) -> dict[str, Any]:
-    """The content of a checkpoint written by brainseg.train; a ValueError naming the file and
-    what it should be when it is anything else."""
+    """The content of a checkpoint written by brainseg.train, read without running code (see
+    `brainseg.checkpoints`; `trust`: `trust_checkpoint=true`). A ValueError naming the file and
+    what it should be when it is anything else; an `UntrustedCheckpointError` naming the flag
+    when it needs more than a brainseg checkpoint holds."""
     path = Path(ckpt_path)
     what = (
         "give a checkpoint that brainseg.train wrote, <run_dir>/checkpoints/best.ckpt or last.ckpt"
@@ -289,23 +292,33 @@ def read_checkpoint(
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist: {what}")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+        checkpoint = load_checkpoint_file(path, map_location=map_location, trust=trust)
+    except UntrustedCheckpointError:
+        raise
     except Exception as error:  # torch.load raises whatever its unpickler meets
         raise ValueError(
             f"checkpoint {path} is not a readable PyTorch checkpoint "
-            f"({type(error).__name__}: {error}); it may be truncated or another kind of file: "
-            f"{what}"
+            f"({type(error).__name__}: {_first_line(error)}); it may be truncated or another "
+            f"kind of file: {what}"
         ) from error
     if not isinstance(checkpoint, dict) or not checkpoint.get("hyper_parameters", {}).get("config"):
         raise ValueError(f"checkpoint {path} holds no brainseg run configuration: {what}")
     return checkpoint
 
 
+def _first_line(error: Exception) -> str:
+    # torch's weights-only errors run to a page of advice around one line of cause
+    text = str(error).split("WeightsUnpickler error:", 1)[-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
 def load_module(
-    ckpt_path: str | Path, map_location: str | torch.device = "cpu"
+    ckpt_path: str | Path, map_location: str | torch.device = "cpu", trust: bool = False
 ) -> SegmentationModule:
-    """Rebuilds a trained `SegmentationModule` from its checkpoint alone, in eval mode."""
-    checkpoint = read_checkpoint(ckpt_path, map_location)
+    """Rebuilds a trained `SegmentationModule` from its checkpoint alone, in eval mode (`trust`:
+    see `read_checkpoint`)."""
+    checkpoint = read_checkpoint(ckpt_path, map_location, trust)
     config = checkpoint["hyper_parameters"]["config"]
     config["runtime"]["compile"] = False
     module = build_module(config, load_pretrained=False)

@@ -22,6 +22,7 @@ from pytorch_lightning.loggers import Logger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from brainseg.atomic import write_text
+from brainseg.checkpoints import load_checkpoint_file
 from brainseg.config import uses_cuda
 
 log = logging.getLogger(__name__)
@@ -188,10 +189,10 @@ def _flops_or_none(net: torch.nn.Module, in_channels: int, size: int) -> int | N
 
 
 def _epoch_of(checkpoint: str | None) -> int | None:
-    # Memory-mapped: reads the epoch without loading the weights.
+    # Memory-mapped: reads the epoch without loading the weights; never runs the file's code.
     if not checkpoint or not Path(checkpoint).is_file():
         return None
-    saved = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False)
+    saved = load_checkpoint_file(checkpoint, map_location="cpu", mmap=True)
     return saved.get("epoch")
 
 

@@ -28,7 +28,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from brainseg.atomic import write_csv, write_json
 from brainseg.callbacks import AtomicCheckpointIO, WallClock
-from brainseg.config import gpu_of_job  # noqa: F401  (registers the resolver)
+from brainseg.config import CONF_DIR, gpu_of_job  # noqa: F401  (registers the resolver)
 from brainseg.identity import content_hash, hash_test_set, is_execution_key, run_settings
 from brainseg.models.input_size import check_image_size
 from brainseg.module import build_module, read_checkpoint
@@ -87,7 +87,7 @@ def build_trainer(
         trainer_cfg,
         logger=loggers or False,
         callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(trust=bool(cfg.get("trust_checkpoint", False)))],
     )
 
 
@@ -129,20 +129,24 @@ def pin_ddp_workers_to_this_job() -> None:
 def config_of_checkpoint(
     cfg: DictConfig, saved: dict[str, Any], overrides: list[str] | None = None
 ) -> DictConfig:
-    """The configuration of a `fit=false` run: what the network is and was trained and evaluated
-    on comes from its checkpoint (data, model, loss, metrics, seed), where and how it runs from
-    `cfg` (trainer, runtime, logger, paths, ...), and every key the command line set from `cfg`.
+    """The configuration of a `fit=false` run: the checkpoint's own run settings (data, model,
+    loss, metrics, seed, trainer with its precision, runtime, timing, ...), except where this
+    run writes and logs (`_FROM_THIS_RUN`), and every key the command line set, which wins.
 
     Args:
         cfg: the composed configuration of this run.
         saved: the resolved configuration saved in the checkpoint (`read_checkpoint`).
-        overrides: the command line's overrides, e.g. `["data.fold=2", "trainer.devices=2"]`.
+        overrides: the command line's overrides, e.g. `["data.fold=2", "trainer.devices=2"]`;
+            a `debug=` choice counts as setting the keys of its file.
     """
     merged = cfg.copy()
     with open_dict(merged):
-        for key in _FROM_CHECKPOINT:
-            if key in saved:
-                merged[key] = saved[key]
+        for key, value in saved.items():
+            if key not in _FROM_THIS_RUN:
+                merged[key] = value
+        for key in _FROM_THIS_RUN_NESTED:
+            if OmegaConf.select(cfg, key) is not None:
+                OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False)
         for key in _overridden_keys(overrides or []):
             OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False)
     trained_at = saved.get("data", {}).get("image_size")
@@ -158,17 +162,35 @@ def config_of_checkpoint(
     return merged
 
 
-# What a checkpoint's network is: it keeps these from its training run when fit=false.
-_FROM_CHECKPOINT = ("data", "model", "networks", "loss", "metrics", "seed", "pretrained")
+# Where a fit=false run writes, logs and what it loads: this run's, never the checkpoint's run's.
+# Every other key of the checkpoint's configuration is kept (docs/training.md lists them).
+_FROM_THIS_RUN = ("paths", "logger", "callbacks", "ckpt_path", "fit", "test", "trust_checkpoint")
+_FROM_THIS_RUN_NESTED = ("trainer.default_root_dir",)
 
 
 def _overridden_keys(overrides: list[str]) -> list[str]:
-    """The config keys (`data.fold`) or groups (`data`) that command-line overrides set."""
+    """The config keys (`data.fold`) or groups (`data`) that command-line overrides set; for
+    `debug=<name>`, the keys its file sets (`trainer.limit_test_batches`, ...)."""
     keys = []
     for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if not key.startswith("hydra") and key not in ("experiment", "debug"):
+        key, _, value = override.partition("=")
+        key = key.lstrip("+~")
+        if key == "debug" and value not in ("", "null"):
+            keys += _keys_of_preset(CONF_DIR / "debug" / f"{value}.yaml")
+        elif not key.startswith("hydra") and key not in ("experiment", "debug"):
             keys.append(key.replace("/", "."))
+    return keys
+
+
+def _keys_of_preset(path: Path) -> list[str]:
+    """`section.key` for each key a `# @package _global_` preset file sets (`trainer.profiler`),
+    `section` for a top-level value."""
+    content = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    keys = []
+    for section, value in content.items():
+        if section == "defaults":
+            continue
+        keys += [f"{section}.{k}" for k in value] if isinstance(value, dict) else [section]
     return keys
 
 
@@ -187,7 +209,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
     clock = WallClock()
     commit = git_commit()
     # Every check that needs no data before any data is cached or downloaded.
-    checkpoint = read_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+    trust = bool(cfg.get("trust_checkpoint", False))
+    checkpoint = read_checkpoint(cfg.ckpt_path, trust=trust) if cfg.get("ckpt_path") else None
     if not cfg.get("fit", True):
         if checkpoint is None:
             raise ValueError(

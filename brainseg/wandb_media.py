@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from brainseg.data.sources import LABEL_NAMES
+from brainseg.inference import predict_logits
 from brainseg.metrics import logits_to_masks, per_image_stats
 from brainseg.tracking import wandb_run_of
 
@@ -156,15 +156,16 @@ def _tumor_type(row: dict[str, Any]) -> str:
     return LABEL_NAMES.get(int(row.get("label") or 0), str(row.get("label")))
 
 
-@torch.no_grad()
 def _predict(module: pl.LightningModule, images: torch.Tensor) -> torch.Tensor:
+    """Logits by brainseg's one inference path, at the precision the trainer runs in (the
+    test stage's), so the shown masks are those the metrics score."""
     was_training = module.training
     module.eval()
-    trainer = module._trainer  # the module's own forward precision (autocast) when it has one
-    with trainer.precision_plugin.forward_context() if trainer else nullcontext():
-        logits = module(images)
+    trainer = module._trainer
+    precision = str(trainer.precision) if trainer else "32-true"
+    logits = predict_logits(module, images, precision)
     module.train(was_training)
-    return logits.float()
+    return logits
 
 
 def _display(image: torch.Tensor) -> np.ndarray:

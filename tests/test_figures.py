@@ -14,7 +14,7 @@ from matplotlib.collections import Collection
 from matplotlib.colors import to_rgb
 from matplotlib.lines import Line2D
 
-import brainseg.metrics
+import brainseg.inference
 from brainseg.data.sources import LABEL_NAMES
 from brainseg.report import per_image_means, qualitative
 from brainseg.report.collect import Run, load_sweep
@@ -179,7 +179,7 @@ def test_the_threshold_is_the_runs_own():
     assert run_threshold(run, {"metrics": {"threshold": 0.7}}) == 0.7
     run.config = {"metrics": {"threshold": 0.3}}
     assert run_threshold(run, {"metrics": {"threshold": 0.7}}) == 0.3
-    probs = torch.tensor([[0.2, 0.3], [0.4, 0.9]])
+    probs = torch.tensor([[0.2, 0.3], [0.4, 0.9]], dtype=torch.float64)  # 0.3: at the threshold
     logits = torch.logit(probs)[None, None]
     mask = predict_mask(lambda x: logits, torch.zeros(1, 2, 2), threshold=0.3)
     np.testing.assert_array_equal(mask, [[False, False], [True, True]])  # strictly above
@@ -199,9 +199,9 @@ def test_grids_from_checkpoints_name_the_data_and_use_the_runs_threshold(tmp_pat
         frame = frame.assign(id=test_set["id"], pid=test_set["pid"], label=test_set["label"])
         frame.to_csv(sweep_dir / job / "per_image.csv", index=False)
     thresholds, figures = [], []
-    to_masks = brainseg.metrics.to_masks
+    to_masks = brainseg.inference.logits_to_masks
     monkeypatch.setattr(
-        brainseg.metrics, "to_masks", lambda p, t: thresholds.append(t) or to_masks(p, t)
+        brainseg.inference, "logits_to_masks", lambda p, t: thresholds.append(t) or to_masks(p, t)
     )
     save = qualitative.save
     monkeypatch.setattr(

@@ -9,21 +9,18 @@ import pytest
 import torch
 from PIL import Image
 
-from brainseg.predict import (
-    SlicePreprocessor,
-    find_inputs,
-    main,
-    predict,
-    predict_probabilities,
-    to_original_size,
-)
+from brainseg.inference import masks_at, predict_logits
+from brainseg.metrics import logits_to_masks
+from brainseg.predict import find_inputs, main, predict
 
 from .smoke_sweep import untrained_checkpoint
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    return untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "unet.ckpt")
+    # tested (as its config says) at threshold 0.3, in 32-true (the smoke preset's)
+    path = tmp_path_factory.mktemp("ckpt") / "unet.ckpt"
+    return untrained_checkpoint(path, "unet", "metrics.threshold=0.3")
 
 
 def write_png(path: Path, height: int, width: int, seed: int = 0) -> Path:
@@ -114,35 +111,82 @@ def test_flip_tta_averages_the_flipped_prediction():
         return ramp.expand(images.shape[0], -1, -1, -1)
 
     images = torch.zeros(2, 3, 4, 8)
-    plain = predict_probabilities(module, images, tta=False)
-    tta = predict_probabilities(module, images, tta=True)
+    plain = torch.sigmoid(predict_logits(module, images, tta=False))
+    tta = torch.sigmoid(predict_logits(module, images, tta=True))
     assert torch.allclose(plain, torch.sigmoid(ramp).expand(2, -1, -1, -1))
-    assert torch.allclose(tta, (torch.sigmoid(ramp) + torch.sigmoid(ramp).flip(-1)) / 2)
-    assert torch.allclose(tta, torch.full_like(tta, 0.5))
+    expected = (torch.sigmoid(ramp) + torch.sigmoid(ramp).flip(-1)) / 2
+    assert torch.allclose(tta, expected) and torch.allclose(tta, torch.full_like(tta, 0.5))
 
 
-def test_probabilities_are_resized_before_thresholding():
-    prob = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
-    mask = to_original_size(prob, (4, 6), threshold=0.5)
-    assert mask.shape == (4, 6) and mask.dtype == np.uint8
-    assert (mask[:, :3] == 0).all() and (mask[:, 3:] == 255).all()
+def test_logits_are_resized_before_thresholding_and_kept_at_the_same_size():
+    logits = torch.tensor([[-5.0, 5.0], [-5.0, 5.0]])[None, None]
+    mask = masks_at(logits, (4, 6), threshold=0.5)[0]
+    assert mask.shape == (4, 6) and mask.dtype == torch.bool
+    assert not mask[:, :3].any() and mask[:, 3:].all()
+    # at the network's size: exactly the metrics' decision, also in bf16
+    near = torch.tensor([[-1e-3, 1e-3], [0.405, 0.406]], dtype=torch.bfloat16)[None, None]
+    for threshold in (0.5, 0.6):
+        assert torch.equal(
+            masks_at(near, (2, 2), threshold), logits_to_masks(near[:, 0], threshold)
+        )
 
 
-def test_preprocessing_matches_the_training_pipeline(tmp_path):
-    from hydra.utils import instantiate
+def test_outputs_mirror_the_input_tree_so_equal_names_never_collide(tmp_path, checkpoint):
+    for patient in ("p1", "p2"):
+        (tmp_path / "scans" / patient).mkdir(parents=True)
+        write_png(tmp_path / "scans" / patient / "slice.png", 64, 64)
+    write_png(tmp_path / "scans" / "top.png", 64, 64)
+    out = tmp_path / "out"
+    result = predict(checkpoint, str(tmp_path / "scans" / "**" / "*.png"), out)
+    assert len(result.rows) == 3
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*_mask.png"))
+    assert written == ["p1/slice_mask.png", "p2/slice_mask.png", "top_mask.png"]
+    assert sorted(r["mask"] for r in result.rows) == [str(out / w) for w in written]
 
-    from .conftest import compose_config
 
-    cfg = compose_config(["experiment=smoke", f"paths.output_dir={tmp_path}",
-                          f"paths.data_dir={tmp_path / 'data'}"])  # fmt: skip
-    datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup("test")
-    dataset = datamodule.datasets["test"]
-    from omegaconf import OmegaConf
+def test_inputs_that_would_share_an_output_are_refused_naming_both(tmp_path, checkpoint):
+    write_png(tmp_path / "a.png", 64, 64)
+    write_mat(tmp_path / "a.mat", 64, 64)  # a -> a_png and a_mat ...
+    write_png(tmp_path / "a_png.png", 64, 64)  # ... and this one is a_png too
+    with pytest.raises(ValueError, match=r"a\.png and .*a_png\.png would both write"):
+        predict(checkpoint, tmp_path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
-    prepare = SlicePreprocessor(OmegaConf.to_container(cfg, resolve=True))
-    cached = {sample_id: i for i, sample_id in enumerate(datamodule.data.ids)}
-    for i in range(3):
-        image = datamodule.data.images[cached[dataset.ids[i]]]  # the uint8 slice, as cached
-        assert torch.allclose(prepare(image), dataset[i]["image"])
+
+@pytest.mark.parametrize(
+    "spec, output",
+    [
+        ("scans", "scans"),  # the input folder itself
+        ("scans/x.png", "scans"),  # a file's own folder
+        ("scans/*.png", "scans/."),  # a glob's folder, spelled otherwise
+        ("scans/**/*.png", "scans/masks"),  # inside the folder a recursive glob searches
+        ("scans/**", "scans/masks"),  # the same, every file below
+        ("scans/**/*.png", "scans/sub"),  # into an input's own folder
+    ],
+)
+def test_predicting_into_the_inputs_folder_is_refused(tmp_path, checkpoint, spec, output):
+    (tmp_path / "scans" / "sub").mkdir(parents=True)
+    write_png(tmp_path / "scans" / "x.png", 64, 64)
+    write_png(tmp_path / "scans" / "sub" / "y.png", 64, 64)
+    before = sorted(p.name for p in (tmp_path / "scans").rglob("*"))
+    with pytest.raises(ValueError, match="give an output folder outside"):
+        predict(checkpoint, str(tmp_path / spec), tmp_path / output)
+    assert sorted(p.name for p in (tmp_path / "scans").rglob("*")) == before
+
+
+def test_an_output_beside_or_below_a_flat_input_is_accepted(tmp_path, checkpoint):
+    (tmp_path / "scans").mkdir()
+    write_png(tmp_path / "scans" / "x.png", 64, 64)
+    predict(checkpoint, tmp_path / "scans", tmp_path / "scans" / "masks")  # not searched
+    predict(checkpoint, tmp_path / "scans", tmp_path / "masks")
+    assert find_inputs(tmp_path / "scans") == [tmp_path / "scans" / "x.png"]
+
+
+def test_the_threshold_and_precision_are_the_checkpoints_unless_given(tmp_path, checkpoint):
+    write_png(tmp_path / "x.png", 64, 64)
+    default = predict(checkpoint, tmp_path / "x.png", tmp_path / "a")
+    assert default.rows[0]["threshold"] == 0.3 and default.rows[0]["precision"] == "32-true"
+    given = predict(checkpoint, tmp_path / "x.png", tmp_path / "b", threshold=0.7,
+                    precision="bf16-mixed")  # fmt: skip
+    assert given.rows[0]["threshold"] == 0.7 and given.rows[0]["precision"] == "bf16-mixed"
+    assert "the checkpoint was tested in 32-true" in given.settings

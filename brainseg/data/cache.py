@@ -89,7 +89,7 @@ def _convert(source: Source, size: int) -> dict[str, np.ndarray]:
     ):
         if i >= n:
             raise RuntimeError(f"{type(source).__name__} yielded more slices than its length {n}")
-        images[i] = resize_image(to_uint8(sample.image), size)
+        images[i] = to_cached(sample.image, size)
         masks[i] = resize_mask(sample.mask, size)
         ids.append(str(sample.meta["id"]))
         pids.append(str(sample.meta.get("pid", "")))
@@ -128,6 +128,11 @@ def load_cache(path: str | os.PathLike) -> CachedData:
             "again from the same data settings"
         ) from error
     return CachedData(**arrays)
+
+
+def to_cached(image: np.ndarray, size: int) -> np.ndarray:
+    """A raw (H, W) slice as the cache holds it: uint8 (`to_uint8`), resized to `size`²."""
+    return resize_image(to_uint8(image), size)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

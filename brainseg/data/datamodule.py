@@ -26,7 +26,12 @@ from brainseg.data.splits import (
     resolve_mode,
     write_split_csv,
 )
-from brainseg.data.transforms import SegmentationTransform, build_transforms, uint8_tensors
+from brainseg.data.transforms import (
+    SegmentationTransform,
+    SlicePreprocessor,
+    build_transforms,
+    uint8_tensors,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -158,6 +163,10 @@ class BrainTumorDataModule(pl.LightningDataModule):
         self.augment_on = augment_on
         # Fail at construction, not in a worker, on bad settings.
         build_transforms("train", self.augment, self.in_channels, self.mean, self.std)
+        # Evaluation slices reach the network as any new slice does (predict, report, W&B).
+        self.preprocessor = SlicePreprocessor(
+            self.image_size, self.in_channels, self.mean, self.std
+        )
         self.batch_augment = BatchAugment(self.augment, self.in_channels, self.mean, self.std)
         self.data: CachedData | None = None
         self.subsets: np.ndarray | None = None
@@ -191,10 +200,12 @@ class BrainTumorDataModule(pl.LightningDataModule):
         for name in SUBSETS:
             if name == "train" and on_device:
                 transform = uint8_tensors
-            else:
+            elif name == "train":
                 transform = build_transforms(
                     name, self.augment, self.in_channels, self.mean, self.std
                 )
+            else:
+                transform = self.preprocessor.transform
             index = np.flatnonzero(self.subsets == name)
             self.datasets[name] = SliceDataset(self.data, index, transform)
 

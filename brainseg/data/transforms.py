@@ -1,4 +1,5 @@
-"""Albumentations pipelines: augmentation for training, normalisation for every stage."""
+"""Albumentations pipelines: augmentation for training, normalisation for every stage; and
+`SlicePreprocessor`, the one way from a raw slice to the network's input outside training."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
+
+from brainseg.data.cache import to_cached
 
 STAGES = ("train", "val", "test", "predict")
 AUGMENTATIONS = ("hflip", "vflip", "affine", "brightness_contrast")
@@ -48,10 +51,14 @@ class SegmentationTransform:
             self._reseed(seed)
             out = self.augment(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
+        y = (mask > 0).astype(np.float32)[None]  # (1, H, W)
+        return self.normalize(image), torch.from_numpy(y)
+
+    def normalize(self, image: np.ndarray) -> torch.Tensor:
+        """uint8 (H, W) -> float32 (C, H, W): scaled to [0, 1], replicated, normalised."""
         x = image.astype(np.float32) / 255.0
         x = (x[None] - self.mean) / self.std  # (C, H, W) by broadcasting the grey slice
-        y = (mask > 0).astype(np.float32)[None]  # (1, H, W)
-        return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
+        return torch.from_numpy(np.ascontiguousarray(x))
 
     def _reseed(self, seed: int | None) -> None:
         if seed is not None:
@@ -64,6 +71,33 @@ class SegmentationTransform:
         if seed != self._seeded_with:
             self.augment.set_random_seed(seed)
             self._seeded_with = seed
+
+
+class SlicePreprocessor:
+    """A raw slice, as a reader returns it (any size, any dtype), to the network's input: the
+    cache's conversion (`to_cached`: uint8 by min-max, resized to `image_size`), then the
+    evaluation transform. The data module's validation and test sets use this transform, and
+    predict, the report's grids and the W&B media reach the network through it.
+    """
+
+    def __init__(
+        self, image_size: int, in_channels: int, mean: Sequence[float], std: Sequence[float]
+    ) -> None:
+        self.image_size = int(image_size)
+        self.transform = build_transforms("test", None, in_channels, mean, std)
+
+    @classmethod
+    def from_config(cls, data: Mapping) -> SlicePreprocessor:
+        """The preprocessing of a run's resolved `data` config (e.g. a checkpoint's)."""
+        return cls(data["image_size"], data["in_channels"], data["mean"], data["std"])
+
+    def cached(self, image: np.ndarray) -> np.ndarray:
+        """The uint8 (image_size, image_size) slice, as the cache holds it."""
+        return to_cached(image, self.image_size)
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        """float32 (C, image_size, image_size), as the test stage saw its slices."""
+        return self.transform.normalize(self.cached(image))
 
 
 def uint8_tensors(

@@ -106,26 +106,43 @@ def run_threshold(run: Run, checkpoint_config: dict | None = None) -> float:
     )
 
 
-def predict_mask(module: Callable[[Tensor], Tensor], image: Tensor, threshold: float) -> np.ndarray:
-    """The (H, W) bool mask `module` predicts for one (C, H, W) image, by brainseg's one rule."""
-    from brainseg.metrics import probabilities, to_masks
+def run_precision(run: Run, checkpoint_config: dict) -> str:
+    """The precision the run was tested in: its metrics.json's, else its checkpoint's."""
+    from brainseg.inference import tested_precision
 
-    return to_masks(probabilities(module(image[None])), threshold)[0, 0].cpu().numpy()
+    return str(run.metrics.get("trainer_precision") or tested_precision(checkpoint_config))
+
+
+def predict_mask(
+    module: Callable[[Tensor], Tensor],
+    image: Tensor,
+    threshold: float,
+    precision: str = "32-true",
+) -> np.ndarray:
+    """The (H, W) bool mask `module` predicts for one (C, H, W) image, by brainseg's one
+    inference path (`brainseg.inference`) at `precision`."""
+    from brainseg.inference import masks_at, predict_logits
+
+    logits = predict_logits(module, image[None], precision)
+    return masks_at(logits, tuple(image.shape[-2:]), threshold)[0].cpu().numpy()
 
 
 def _predict_slices(run: Run, ids: list[str]) -> dict[str, dict]:
     """{id: {"image", "mask", "pred", "dice", "pid", "label", "run"}} at the run's training size,
-    from its own test set, thresholded as the run was tested."""
-    import torch
+    from its own test set, prepared, run and thresholded as the run was tested (its precision
+    and threshold, through `brainseg.inference.Predictor`)."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from brainseg.inference import Predictor
     from brainseg.module import load_module
 
     module = load_module(_checkpoint(run))
-    config = OmegaConf.create(module.hparams.config)
-    threshold = run_threshold(run, module.hparams.config)
-    datamodule = instantiate(config.data)
+    config = module.hparams.config
+    predictor = Predictor.from_module(
+        module, precision=run_precision(run, config), threshold=run_threshold(run, config)
+    )
+    datamodule = instantiate(OmegaConf.create(config).data)
     datamodule.prepare_data()
     datamodule.setup("test")
     dataset = datamodule.datasets["test"]
@@ -134,20 +151,20 @@ def _predict_slices(run: Run, ids: list[str]) -> dict[str, dict]:
     cached = {str(sample_id): i for i, sample_id in enumerate(datamodule.data.ids)}
     dice = run.per_image.set_index("id")["dice"]
     out = {}
-    with torch.inference_mode():
-        for sample_id in ids:
-            if sample_id not in index:
-                raise KeyError(f"slice {sample_id} is not in {run.name}'s test set")
-            item = dataset[index[sample_id]]
-            out[sample_id] = {
-                "image": datamodule.data.images[cached[sample_id]],
-                "mask": item["mask"][0].numpy() > 0,
-                "pred": predict_mask(module, item["image"], threshold),
-                "dice": float(dice.get(sample_id, np.nan)),
-                "pid": str(item["pid"]),
-                "label": int(item["label"]),
-                "run": run.name,
-            }
+    for sample_id in ids:
+        if sample_id not in index:
+            raise KeyError(f"slice {sample_id} is not in {run.name}'s test set")
+        item = dataset[index[sample_id]]
+        image = datamodule.data.images[cached[sample_id]]
+        out[sample_id] = {
+            "image": image,
+            "mask": item["mask"][0].numpy() > 0,
+            "pred": predictor.masks(predictor.preprocess(image)[None])[0].cpu().numpy(),
+            "dice": float(dice.get(sample_id, np.nan)),
+            "pid": str(item["pid"]),
+            "label": int(item["label"]),
+            "run": run.name,
+        }
     return out
 
 
