@@ -13,15 +13,19 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 import numpy as np
-import torch
 from omegaconf import DictConfig
-from torch import nn
 
 from brainseg.atomic import atomic_path
-from brainseg.module import load_module
+
+# torch and Lightning are imported where they are used: --help, tab completion and a
+# mistyped override answer before either loads.
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,10 @@ def export(
     Raises:
         RuntimeError: when that difference exceeds `tolerance`.
     """
+    import torch
+
+    from brainseg.module import load_module
+
     if format not in FORMATS:
         raise ValueError(f"format={format!r} is not one of {', '.join(FORMATS)}")
     module = load_module(ckpt_path)
@@ -79,6 +87,8 @@ def _default_path(ckpt_path: Path, format: str) -> Path:
 
 
 def _to_onnx(net: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    import torch
+
     batch = torch.export.Dim("batch", min=1, max=4096)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -105,6 +115,8 @@ def _onnx_runner(path: Path):
 
 
 def _to_torchscript(net: nn.Module, example: torch.Tensor, path: Path) -> None:
+    import torch
+
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # torch.jit is deprecated upstream; it still runs anywhere
         traced = torch.jit.trace(net, example, check_trace=False)  # checked below, once
@@ -112,9 +124,11 @@ def _to_torchscript(net: nn.Module, example: torch.Tensor, path: Path) -> None:
         traced.save(str(tmp))
 
 
-@torch.no_grad()
 def _max_diff(net: nn.Module, inputs: list[torch.Tensor], run) -> float:
-    return max(float(np.abs(run(x) - net(x).numpy()).max()) for x in inputs)
+    import torch
+
+    with torch.no_grad():
+        return max(float(np.abs(run(x) - net(x).numpy()).max()) for x in inputs)
 
 
 # conf/ beside this module: the package's own configs, in a checkout or an installed wheel.

@@ -16,22 +16,22 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 import numpy as np
-import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
 from brainseg.atomic import atomic_path, write_csv
-from brainseg.data.cache import resize_image, to_uint8
-from brainseg.data.figshare import read_mat
-from brainseg.data.folder import read_image
-from brainseg.data.transforms import build_transforms
-from brainseg.metrics import probabilities, to_masks
-from brainseg.module import SegmentationModule, load_module
+
+# torch, Lightning and the readers are imported where they are used: --help, tab completion
+# and a mistyped override answer before any of them loads.
+if TYPE_CHECKING:
+    import torch
+
+    from brainseg.module import SegmentationModule
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,9 @@ def read_slice(path: Path) -> np.ndarray:
     """A (H, W) grey slice from an image file or a figshare .mat (its `cjdata.image`)."""
     if path.suffix.lower() not in SUFFIXES:
         raise ValueError(f"{path}: unsupported file type; use one of {', '.join(SUFFIXES)}")
+    from brainseg.data.figshare import read_mat
+    from brainseg.data.folder import read_image
+
     image = read_mat(path).image if path.suffix.lower() == ".mat" else read_image(path)
     if image.ndim != 2 or min(image.shape) < 2:
         raise ValueError(f"{path}: expected a 2D slice, found an array of shape {image.shape}")
@@ -81,6 +84,8 @@ class SlicePreprocessor:
     """
 
     def __init__(self, config: dict) -> None:
+        from brainseg.data.transforms import build_transforms
+
         data = config["data"]
         self.size = int(data["image_size"])
         self.transform = build_transforms(
@@ -88,32 +93,45 @@ class SlicePreprocessor:
         )
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
+        from brainseg.data.cache import resize_image, to_uint8
+
         small = resize_image(to_uint8(image), self.size)
         tensor, _ = self.transform(small, np.zeros_like(small))
         return tensor  # (C, size, size)
 
 
-@torch.inference_mode()
 def predict_probabilities(
     module: SegmentationModule, images: torch.Tensor, tta: bool
 ) -> torch.Tensor:
     """Tumor probabilities (B, 1, H, W); with `tta`, averaged with the horizontally flipped pass."""
-    probs = probabilities(module(images))
-    if tta:
-        flipped = probabilities(module(images.flip(-1))).flip(-1)
-        probs = (probs + flipped) / 2
+    import torch
+
+    from brainseg.metrics import probabilities
+
+    with torch.inference_mode():
+        probs = probabilities(module(images))
+        if tta:
+            flipped = probabilities(module(images.flip(-1))).flip(-1)
+            probs = (probs + flipped) / 2
     return probs
 
 
 def to_original_size(prob: torch.Tensor, shape: tuple[int, int], threshold: float) -> np.ndarray:
     """Binary uint8 mask (0/255) at `shape`: the probability resized bilinearly, then thresholded
     (thresholding first would make the mask's edge blocky when enlarging)."""
+    import torch
+    import torch.nn.functional as F
+
+    from brainseg.metrics import to_masks
+
     prob = F.interpolate(prob[None, None], size=shape, mode="bilinear", align_corners=False)[0, 0]
     return (to_masks(prob, threshold).to(torch.uint8) * 255).cpu().numpy()
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float) -> np.ndarray:
     """RGB uint8: the grey slice with the mask tinted red."""
+    from brainseg.data.cache import to_uint8
+
     grey = to_uint8(image).astype(np.float32)
     rgb = np.repeat(grey[..., None], 3, axis=-1)
     tumor = mask > 0
@@ -133,6 +151,10 @@ def predict(
 ) -> PredictResult:
     """Writes a mask and an overlay per input slice into `output`; unreadable inputs are
     reported in the result (and logged) without stopping the others."""
+    import torch
+
+    from brainseg.module import load_module
+
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"predict.threshold={threshold} must lie strictly between 0 and 1")
     if batch_size < 1:
@@ -175,6 +197,8 @@ def _naming(path: Path, reason: object) -> str:
 
 
 def _device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)

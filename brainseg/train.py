@@ -14,24 +14,25 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import pytorch_lightning as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
-from pytorch_lightning.loggers import CSVLogger, Logger
-from pytorch_lightning.utilities import rank_zero_only
 
-from brainseg.atomic import write_csv, write_json
-from brainseg.callbacks import AtomicCheckpointIO, WallClock
-from brainseg.config import gpu_of_job  # noqa: F401  (registers the resolver)
-from brainseg.models.input_size import check_image_size
-from brainseg.module import build_module, read_checkpoint
-from brainseg.tracking import finish_wandb, log_run_summary, wandb_logger
+from brainseg.config import prepare_run_config  # also registers the resolvers
+from brainseg.summary import run_line
+
+# torch, Lightning and W&B are imported where they are used, after Hydra composed the
+# config: --help, tab completion and a mistyped override then answer in a second, not ten.
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.loggers import Logger
+
+    from brainseg.callbacks import WallClock
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,11 @@ def git_commit() -> str | None:
 
 def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
     """A CSV log in every run (`csv/metrics.csv`), plus the configured loggers."""
+    from pytorch_lightning.loggers import CSVLogger
+    from pytorch_lightning.utilities import rank_zero_only
+
+    from brainseg.tracking import wandb_logger
+
     previous = output_dir / "csv" / "metrics.csv"
     if previous.is_file() and rank_zero_only.rank == 0:
         # Lightning's CSV logger deletes an existing log: keep a resumed run's earlier epochs.
@@ -79,6 +85,8 @@ def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
 def build_trainer(
     cfg: DictConfig, loggers: list[Logger], clock: WallClock | None = None
 ) -> pl.Trainer:
+    from brainseg.callbacks import AtomicCheckpointIO
+
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     callbacks += [clock] if clock else []
@@ -183,6 +191,15 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
     Returns:
         The content of `metrics.json`.
     """
+    import pytorch_lightning as pl
+    import torch
+
+    from brainseg.atomic import write_csv, write_json
+    from brainseg.callbacks import WallClock
+    from brainseg.models.input_size import check_image_size
+    from brainseg.module import build_module, read_checkpoint
+    from brainseg.tracking import log_run_summary
+
     clock = WallClock()
     commit = git_commit()
     # Every check that needs no data before any data is cached or downloaded.
@@ -194,6 +211,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
             )
         cfg = config_of_checkpoint(cfg, checkpoint["hyper_parameters"]["config"], overrides)
     del checkpoint
+    prepare_run_config(cfg)  # absolute paths, offline
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
@@ -255,6 +273,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
 
 
 def _device_name(device: torch.device) -> str:
+    import torch
+
     return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
@@ -269,6 +289,8 @@ _DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE
 def _end_distributed(env_before: dict[str, str | None]) -> None:
     # The next job of a multirun sweep must start its own DDP workers: with this job's process
     # group, or LOCAL_RANK left in the environment, it would wait for ranks that have exited.
+    import torch
+
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     for key, value in env_before.items():
@@ -280,6 +302,10 @@ def _end_distributed(env_before: dict[str, str | None]) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from brainseg.quiet import mute_known_warnings
+    from brainseg.tracking import finish_wandb
+
+    mute_known_warnings()
     env_before = {key: os.environ.get(key) for key in _DDP_ENV}
     try:
         record = train(cfg, HydraConfig.get().overrides.task)
@@ -291,6 +317,7 @@ def main(cfg: DictConfig) -> float | None:
     finally:
         finish_wandb()
         _end_distributed(env_before)
+    print(run_line(record, Path(cfg.paths.output_dir).resolve()), flush=True)
     return record["test"].get("dice")
 
 
