@@ -98,10 +98,14 @@ def build_trainer(
     )
 
 
-def debug_reason(trainer_cfg: DictConfig) -> str | None:
-    """Why a run's settings make it something other than a full training run, or None."""
+def debug_reason(trainer_cfg: DictConfig, fit: bool = True) -> str | None:
+    """Why a run's settings make it something other than a full training run (with `fit=False`:
+    a full test of the checkpoint), or None."""
     if trainer_cfg.get("fast_dev_run"):
         return f"fast_dev_run={trainer_cfg.fast_dev_run}"
+    if not fit:  # only the test stage runs: the training settings do not matter
+        limit = trainer_cfg.get("limit_test_batches")
+        return None if limit in (None, 1.0) else f"limit_test_batches={limit}"
     if trainer_cfg.get("max_epochs") == 0:
         return "max_epochs=0"
     if trainer_cfg.get("max_steps", -1) not in (None, -1):
@@ -240,7 +244,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
             for key, value in trainer.callback_metrics.items()
             if key.startswith("test/")
         }
-    debug = debug_reason(cfg.trainer) if cfg.get("fit", True) else None
+    debug = debug_reason(cfg.trainer, fit=cfg.get("fit", True))
     if debug is None and cfg.get("fit", True) and trainer.current_epoch < trainer.max_epochs:
         debug = f"stopped after {trainer.current_epoch} of {trainer.max_epochs} epochs"
     record = {
