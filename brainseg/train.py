@@ -1,7 +1,7 @@
 """Train, test and record one run: `python -m brainseg.train [overrides]`.
 
 python -m brainseg.train -m model=unet,fpn seed=range(5)    # the study's sweep
-python -m brainseg.train experiment=smoke                   # seconds, synthetic data
+python -m brainseg.train experiment=smoke                   # about 10 s, synthetic data
 """
 
 from __future__ import annotations
