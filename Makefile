@@ -34,7 +34,7 @@ format: $(INSTALLED)  ## Fix style with ruff
 	$(PYTHON) -m ruff check --fix brainseg tests benchmarks
 	$(PYTHON) -m ruff format brainseg tests benchmarks
 
-smoke: $(INSTALLED)  ## Two models x two seeds on synthetic data, end to end (seconds)
+smoke: $(INSTALLED)  ## Two models x two seeds on synthetic data, end to end (about a minute)
 	$(PYTHON) -m brainseg.train -m experiment=smoke model=unet,fpn seed=0,1 hydra.sweep.dir=multirun/smoke
 
 sweep: $(INSTALLED)  ## The study's sweep: both models x 5 seeds, 80 epochs at 256x256 (a GPU job)
@@ -49,6 +49,7 @@ report: $(INSTALLED)  ## Table, statistics and figures of a sweep: make report S
 	$(PYTHON) -m brainseg.report $(SWEEP)
 
 bench: $(INSTALLED)  ## CPU benchmarks (data pipeline, networks, throughput) into benchmarks/results/
+	$(PYTHON) -c "import segmentation_models_pytorch" 2>/dev/null || $(PYTHON) -m pip install -e ".[bench]"
 	$(PYTHON) benchmarks/data_pipeline.py
 	$(PYTHON) benchmarks/models.py
 	$(PYTHON) benchmarks/throughput.py

@@ -3,8 +3,8 @@
     python benchmarks/data_pipeline.py --root ../shared/datasets/figshare-brain-tumor-png256
 
 Writes benchmarks/results/data_pipeline.json. Throughput is measured on the training loader
-(augmentation from conf/data/figshare.yaml) after its first batch, so worker start-up is
-reported apart from the steady rate.
+(the training augmentation as configured, `data.augment`) after its first batch, so worker
+start-up is reported apart from the steady rate.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 from omegaconf import OmegaConf
 
 from brainseg.atomic import write_json
+from brainseg.config import compose
 from brainseg.data import BrainTumorDataModule
 from brainseg.data.cache import build_cache, load_cache
 from brainseg.data.folder import FolderSource
@@ -81,7 +82,8 @@ def main() -> None:
     args = parser.parse_args()
     load_at_start = round(os.getloadavg()[0], 2)
 
-    data_cfg = OmegaConf.load(REPO / "conf" / "data" / "figshare.yaml")
+    # As a training run composes it: the key moves with the config tree, not with this script.
+    data_cfg = compose(["data=folder", f"data.root={args.root}"]).data
     augment = OmegaConf.to_container(data_cfg.augment)
     source = FolderSource(args.root)
     with tempfile.TemporaryDirectory() as cache_dir:

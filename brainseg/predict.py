@@ -22,7 +22,6 @@ from pathlib import Path
 
 import hydra
 import numpy as np
-import torch
 from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
@@ -31,7 +30,6 @@ from brainseg.atomic import atomic_path, write_csv
 from brainseg.data.cache import to_uint8
 from brainseg.data.readers import read_image as read_slice
 from brainseg.data.readers import suffixes
-from brainseg.inference import Predictor, masks_at
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +99,11 @@ def predict(
         ValueError: before anything is written, when two inputs would share an output file or
             an output would land in a folder the input covers.
     """
+    # torch and the network's code load here, not at import: --help answers in a second.
+    import torch
+
+    from brainseg.inference import Predictor, masks_at
+
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise ValueError(f"predict.threshold={threshold} must lie strictly between 0 and 1")
     if batch_size < 1:

@@ -1,7 +1,7 @@
 """Train, test and record one run: `python -m brainseg.train [overrides]`.
 
 python -m brainseg.train -m model=unet,fpn seed=range(5)    # the study's sweep
-python -m brainseg.train experiment=smoke                   # seconds, synthetic data
+python -m brainseg.train experiment=smoke                   # about 10 s, synthetic data
 """
 
 from __future__ import annotations
@@ -14,25 +14,26 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import pytorch_lightning as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
-from pytorch_lightning.loggers import CSVLogger, Logger
-from pytorch_lightning.utilities import rank_zero_only
 
-from brainseg.atomic import write_csv, write_json
-from brainseg.callbacks import AtomicCheckpointIO, WallClock
-from brainseg.config import CONF_DIR, gpu_of_job  # noqa: F401  (registers the resolver)
+from brainseg.config import CONF_DIR, prepare_run_config  # also registers the resolvers
 from brainseg.identity import content_hash, hash_test_set, is_execution_key, run_settings
-from brainseg.models.input_size import check_image_size
-from brainseg.module import build_module, read_checkpoint
-from brainseg.tracking import experiment_preset, finish_wandb, log_run_summary, wandb_logger
+from brainseg.summary import run_line
+
+# torch, Lightning and W&B are imported where they are used, after Hydra composed the
+# config: --help, tab completion and a mistyped override then answer in a second, not ten.
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.loggers import Logger
+
+    from brainseg.callbacks import WallClock
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,11 @@ def git_commit() -> str | None:
 
 def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
     """A CSV log in every run (`csv/metrics.csv`), plus the configured loggers."""
+    from pytorch_lightning.loggers import CSVLogger
+    from pytorch_lightning.utilities import rank_zero_only
+
+    from brainseg.tracking import wandb_logger
+
     previous = output_dir / "csv" / "metrics.csv"
     if previous.is_file() and rank_zero_only.rank == 0:
         # Lightning's CSV logger deletes an existing log: keep a resumed run's earlier epochs.
@@ -80,6 +86,8 @@ def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
 def build_trainer(
     cfg: DictConfig, loggers: list[Logger], clock: WallClock | None = None
 ) -> pl.Trainer:
+    from brainseg.callbacks import AtomicCheckpointIO
+
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     callbacks += [clock] if clock else []
@@ -91,10 +99,14 @@ def build_trainer(
     )
 
 
-def debug_reason(trainer_cfg: DictConfig) -> str | None:
-    """Why a run's settings make it something other than a full training run, or None."""
+def debug_reason(trainer_cfg: DictConfig, fit: bool = True) -> str | None:
+    """Why a run's settings make it something other than a full training run (with `fit=False`:
+    a full test of the checkpoint), or None."""
     if trainer_cfg.get("fast_dev_run"):
         return f"fast_dev_run={trainer_cfg.fast_dev_run}"
+    if not fit:  # only the test stage runs: the training settings do not matter
+        limit = trainer_cfg.get("limit_test_batches")
+        return None if limit in (None, 1.0) else f"limit_test_batches={limit}"
     if trainer_cfg.get("max_epochs") == 0:
         return "max_epochs=0"
     if trainer_cfg.get("max_steps", -1) not in (None, -1):
@@ -206,6 +218,15 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
     Returns:
         The content of `metrics.json`.
     """
+    import pytorch_lightning as pl
+    import torch
+
+    from brainseg.atomic import write_csv, write_json
+    from brainseg.callbacks import WallClock
+    from brainseg.models.input_size import check_image_size
+    from brainseg.module import build_module, read_checkpoint
+    from brainseg.tracking import log_run_summary
+
     clock = WallClock()
     commit = git_commit()
     # Every check that needs no data before any data is cached or downloaded.
@@ -218,6 +239,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
             )
         cfg = config_of_checkpoint(cfg, checkpoint["hyper_parameters"]["config"], overrides)
     del checkpoint
+    prepare_run_config(cfg)  # absolute paths, offline
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
@@ -246,7 +268,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
             for key, value in trainer.callback_metrics.items()
             if key.startswith("test/")
         }
-    debug = debug_reason(cfg.trainer) if cfg.get("fit", True) else None
+    debug = debug_reason(cfg.trainer, fit=cfg.get("fit", True))
     if debug is None and cfg.get("fit", True) and trainer.current_epoch < trainer.max_epochs:
         debug = f"stopped after {trainer.current_epoch} of {trainer.max_epochs} epochs"
     record = {
@@ -296,6 +318,8 @@ def resolved_settings(cfg: DictConfig) -> dict[str, Any]:
 
 def protocol(cfg: DictConfig, datamodule: Any, commit: str | None) -> dict[str, Any]:
     """The run's protocol fingerprint: what it was tested on, and how it was trained."""
+    from brainseg.tracking import experiment_preset
+
     data, test = datamodule.data, datamodule.subsets == "test"
     return {
         "test_set": hash_test_set(data.ids[test], data.masks[test]),
@@ -313,6 +337,8 @@ def protocol(cfg: DictConfig, datamodule: Any, commit: str | None) -> dict[str, 
 
 
 def _device_name(device: torch.device) -> str:
+    import torch
+
     return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
@@ -327,6 +353,8 @@ _DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE
 def _end_distributed(env_before: dict[str, str | None]) -> None:
     # The next job of a multirun sweep must start its own DDP workers: with this job's process
     # group, or LOCAL_RANK left in the environment, it would wait for ranks that have exited.
+    import torch
+
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     for key, value in env_before.items():
@@ -338,6 +366,10 @@ def _end_distributed(env_before: dict[str, str | None]) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from brainseg.quiet import mute_known_warnings
+    from brainseg.tracking import finish_wandb
+
+    mute_known_warnings()
     env_before = {key: os.environ.get(key) for key in _DDP_ENV}
     try:
         record = train(cfg, HydraConfig.get().overrides.task)
@@ -349,6 +381,7 @@ def main(cfg: DictConfig) -> float | None:
     finally:
         finish_wandb()
         _end_distributed(env_before)
+    print(run_line(record, Path(cfg.paths.output_dir).resolve()), flush=True)
     return record["test"].get("dice")
 
 

@@ -18,6 +18,16 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _brainseg_dirs(tmp_path_factory):
+    """Data and runs of tests that name no folder go to the session's temporary directory, never
+    to the user's ~/.cache/brainseg or ~/brainseg."""
+    base = tmp_path_factory.getbasetemp()
+    os.environ["BRAINSEG_DATA_DIR"] = str(base / "brainseg-data")
+    os.environ["BRAINSEG_OUTPUT_DIR"] = str(base / "brainseg-outputs")
+    yield
+
+
 def load_benchmark(name: str) -> ModuleType:
     """The script benchmarks/<name>.py as a module (benchmarks/ is not a package)."""
     path = REPO_ROOT / "benchmarks" / f"{name}.py"

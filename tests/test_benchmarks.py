@@ -123,3 +123,25 @@ def test_gpu_check_script_runs_through_in_dry_mode(tmp_path):
     assert "card: dry-cpu" in (results / "machine.txt").read_text()
     # The smoke preset is not the study's: nothing to project from.
     assert "no projection" in (results / "projection.txt").read_text()
+
+
+def test_data_pipeline_benchmark_runs_on_a_folder_with_the_configured_augmentation(
+    tmp_path, monkeypatch
+):
+    from brainseg.config import compose
+    from brainseg.data.synthetic import SyntheticSource
+
+    from .test_doc_commands import write_folder_data
+
+    root = write_folder_data(tmp_path / "tiny", SyntheticSource(12, 4, 32))
+    out = tmp_path / "data_pipeline.json"
+    argv = ["data_pipeline.py", "--root", str(root), "--image-size", "32", "--batch-size", "4"]
+    argv += ["--batches", "3", "--workers", "0", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    load_benchmark("data_pipeline").main()
+
+    result = json.loads(out.read_text())
+    assert result["data"]["slices"] == 12
+    augment = compose(["data=folder", f"data.root={root}"]).data.augment
+    assert result["train_loader"]["augment"]["hflip"] == augment.hflip
+    assert set(result["train_loader"]["by_num_workers"]) == {"0", "0_torch_threads_1"}

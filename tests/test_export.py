@@ -60,3 +60,20 @@ def test_cli_writes_next_to_the_checkpoint_and_prints_the_difference(
     out = capsys.readouterr().out
     assert (checkpoint.parent / "unet.torchscript.pt").is_file()
     assert "max |torchscript - PyTorch|" in out
+
+
+def test_the_check_runs_on_synthetic_brain_slices_prepared_as_predict_prepares_them(checkpoint):
+    from brainseg.data.synthetic import SyntheticSource
+    from brainseg.export import check_slices
+    from brainseg.predict import SlicePreprocessor
+
+    config = load_module(checkpoint).hparams.config
+    slices = check_slices(config, 64, 3, seed=1)
+    prepare = SlicePreprocessor(config)
+    source = SyntheticSource(num_slices=3, num_patients=3, size=64, seed=1)
+    expected = torch.stack([prepare(source.sample(i).image) for i in range(3)])
+    assert slices.shape == (3, 3, 64, 64)
+    assert torch.equal(slices, expected)
+    # Not noise: neighbouring pixels agree, as on a real slice (for random input r ~ 0).
+    a, b = slices[:, 0, :, 1:].flatten(), slices[:, 0, :, :-1].flatten()
+    assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.8

@@ -14,6 +14,7 @@ import pandas as pd
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from tqdm import tqdm
 
 from brainseg.data.sources import LABEL_NAMES
 from brainseg.report.collect import Run, Sweep
@@ -65,7 +66,9 @@ def qualitative_grids(
         return []
     wanted = sorted({i for ids in picks.values() for i in ids})
     try:
-        slices = {v: _predict_slices(run, wanted) for v, run in firsts.items()}
+        # Loading each model's data and network takes 10-30 s on a CPU: say so while it runs.
+        bar = tqdm(firsts.items(), desc="qualitative grids", unit="model")
+        slices = {v: _predict_slices(run, wanted) for v, run in bar}
     except Exception as error:  # a report without pictures beats no report
         log.warning(
             "qualitative grids skipped: could not predict the test slices (%s: %s)",
