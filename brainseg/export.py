@@ -94,9 +94,9 @@ def check_slices(config: dict, size: int, count: int, seed: int = 0) -> torch.Te
     import torch
 
     from brainseg.data.synthetic import SyntheticSource
-    from brainseg.predict import SlicePreprocessor
+    from brainseg.data.transforms import SlicePreprocessor
 
-    prepare = SlicePreprocessor({**config, "data": {**config["data"], "image_size": size}})
+    prepare = SlicePreprocessor.from_config({**config["data"], "image_size": size})
     source = SyntheticSource(num_slices=count, num_patients=count, size=size, seed=seed)
     return torch.stack([prepare(source.sample(i).image) for i in range(count)])
 

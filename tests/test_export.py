@@ -65,11 +65,11 @@ def test_cli_writes_next_to_the_checkpoint_and_prints_the_difference(
 def test_the_check_runs_on_synthetic_brain_slices_prepared_as_predict_prepares_them(checkpoint):
     from brainseg.data.synthetic import SyntheticSource
     from brainseg.export import check_slices
-    from brainseg.predict import SlicePreprocessor
+    from brainseg.data.transforms import SlicePreprocessor
 
     config = load_module(checkpoint).hparams.config
     slices = check_slices(config, 64, 3, seed=1)
-    prepare = SlicePreprocessor(config)
+    prepare = SlicePreprocessor.from_config(config["data"])
     source = SyntheticSource(num_slices=3, num_patients=3, size=64, seed=1)
     expected = torch.stack([prepare(source.sample(i).image) for i in range(3)])
     assert slices.shape == (3, 3, 64, 64)

@@ -161,7 +161,8 @@ def test_fit_false_lets_the_command_line_override_the_checkpoints_settings(teste
 def test_the_preprocessing_of_a_raw_slice_is_the_caches_then_the_test_transform(tmp_path):
     from hydra.utils import instantiate
 
-    cfg = compose_config(["experiment=smoke", "data.image_size=32",  # the source is 64²: resized
+    cfg = compose_config(["experiment=smoke", "data.image_size=32",
+                          "data.source.size=64",  # drawn at 64², trained at 32²: resized
                           f"paths.data_dir={tmp_path / 'data'}"])  # fmt: skip
     datamodule = instantiate(cfg.data)
     datamodule.setup("test")
