@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from brainseg.metrics import (
     build_metrics,
     per_image_stats,
 )
-from brainseg.timing import summarize, time_forward
+from brainseg.timing import CudaGraphForward, batch1_masks, choose_path, summarize, time_forward
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,7 @@ class SegmentationModule(pl.LightningModule):
     def on_test_epoch_start(self) -> None:
         self.test_rows = []
         self._timing_batch = None
+        self.inference_path: str | None = None
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         _, logits = self._shared_step(batch, self.test_metrics, "test")
@@ -206,22 +208,81 @@ class SegmentationModule(pl.LightningModule):
             self.log_dict(finite, prog_bar=False)
 
     def measure_inference(self, batch: torch.Tensor) -> dict[str, float]:
-        """Batch-1 latency (ms, after warm-up, synchronised) and images/s at `batch`'s size."""
+        """Batch-1 latency (ms, after warm-up, synchronised) of the fastest path whose masks
+        match eager's, eager's beside it, and images/s at `batch`'s size (eager).
+
+        The paths: eager in the run's precision; compiled when `runtime.compile`; on CUDA a
+        captured CUDA graph in fp32 and in bf16. A path counts when its masks on `batch`'s
+        first images differ from eager's in at most `timing.MASK_TOLERANCE` of the pixels
+        (`choose_path`). The chosen path's name is left in `self.inference_path`.
+        """
         was_training = self.training
         self.eval()
         context = self.trainer.precision_plugin.forward_context if self._trainer else None
         kwargs = {"context": context} if context else {}
-        forward = self._timed_forward(batch.device)
-        latency = summarize(time_forward(forward, batch[:1], **self.timing, **kwargs))
+        checked = batch[:16]  # one image per call, as timed
+        paths = []
+        for name, make, path_context in self._inference_paths(batch.device, context):
+            try:
+                with torch.inference_mode():
+                    forward = make(batch[:1])
+                masks = batch1_masks(forward, checked, path_context)
+                if not paths:
+                    reference = masks
+                latency = summarize(
+                    time_forward(forward, batch[:1], **self.timing, context=path_context)
+                )
+            except Exception as error:  # a path that fails leaves the others timed
+                if not paths:
+                    raise
+                log.warning("batch-1 path %s left out: %s: %s", name, type(error).__name__, error)
+                continue
+            mismatch = (masks != reference).float().mean().item()
+            paths.append({"name": name, "ms": latency["mean"], "mismatch": mismatch} | latency)
+        chosen = choose_path(paths)
+        if batch.device.type != "cuda":
+            log.info("batch-1 latency on %s: eager only (CUDA graphs need CUDA)", batch.device)
+        log.info(
+            "batch-1 paths: %s; timed %s",
+            ", ".join(
+                f"{p['name']} {p['ms']:.3f} ms (masks differ {p['mismatch']:.1e})" for p in paths
+            ),
+            chosen["name"],
+        )
+        self.inference_path = chosen["name"]
         iters = max(1, self.timing["iters"] // 5)
-        batched = time_forward(forward, batch, warmup=2, iters=iters, **kwargs)
+        batched = time_forward(self._eager, batch, warmup=2, iters=iters, **kwargs)
         self.train(was_training)
         return {
-            "inference_ms": latency["mean"],
-            "inference_ms_std": latency["std"],
-            "inference_ms_median": latency["median"],
+            "inference_ms": chosen["mean"],
+            "inference_ms_std": chosen["std"],
+            "inference_ms_median": chosen["median"],
+            "inference_ms_eager": paths[0]["mean"],
             "images_per_s": batch.shape[0] * 1000.0 / summarize(batched)["median"],
         }
+
+    def _eager(self, images: torch.Tensor) -> torch.Tensor:
+        """The network uncompiled, in the run's memory layout."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.net(images)
+
+    def _inference_paths(self, device: torch.device, context) -> list[tuple[str, Any, Any]]:
+        """(name, factory of the forward given an example, context) of each batch-1 path,
+        eager first."""
+        context = context or contextlib.nullcontext
+        precision = str(self.trainer.precision) if self._trainer else "32-true"
+        label = {"bf16-mixed": "bf16", "16-mixed": "fp16"}.get(precision, "fp32")
+        paths = [(f"eager {label}", lambda example: self._eager, context)]
+        if self.compiled:
+            compiled = "compiled (CUDA graphs)" if device.type == "cuda" else "compiled"
+            paths.append((f"{compiled} {label}", lambda e: self._timed_forward(device), context))
+        if device.type == "cuda":
+            for bf16 in (False, True) if torch.cuda.is_bf16_supported() else (False,):
+                graph = lambda e, bf16=bf16: CudaGraphForward(self.net, e, bf16, self.channels_last)  # noqa: E731
+                name = "cuda-graph bf16" if bf16 else "cuda-graph fp32"
+                paths.append((name, graph, contextlib.nullcontext))
+        return paths
 
     def _timed_forward(self, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
         if not (self.compiled and device.type == "cuda"):
