@@ -63,6 +63,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preset", choices=PRESETS, help="default: study with cuda, else cpu")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="default: on cuda")
     p.add_argument("--compile-train", action="store_true", help="also runtime.compile=true")
+    p.add_argument("--compile-mode", help="runtime.compile_mode of the compiled training step")
+    p.add_argument(
+        "--compile-only",
+        action="store_true",
+        help="only the training rate with runtime.compile=true (brainseg and bare compiled)",
+    )
     p.add_argument(
         "--precision", choices=("auto", "32-true", "bf16-mixed"), help="default: the preset's"
     )
@@ -124,6 +130,9 @@ def compose_cfg(args: argparse.Namespace, model: str, out: Path, compiled: bool)
     overrides += [f"runtime.channels_last={layout}"]
     overrides += [f"runtime.precision={args.precision}"] if args.precision else []
     overrides += [f"runtime.compile={compiled}", f"+trainer.max_steps={args.warmup + args.steps}"]
+    overrides += (
+        [f"runtime.compile_mode={args.compile_mode}"] if compiled and args.compile_mode else []
+    )
     # The run's callbacks but the checkpoints and the learning-rate monitor (no logger here).
     overrides += ["logger=none", "~callbacks.best_checkpoint", "~callbacks.last_checkpoint"]
     overrides += ["~callbacks.learning_rate_monitor", "+trainer.enable_checkpointing=false"]
@@ -194,7 +203,7 @@ def bare_round(cfg: DictConfig, module: SegmentationModule, batches: list, warmu
     net.load_state_dict(module.net.state_dict())
     layout = torch.channels_last if module.channels_last else torch.contiguous_format
     net.to(device, memory_format=layout).train()
-    forward = torch.compile(net) if module.compiled else net
+    forward = torch.compile(net, mode=module.compile_mode) if module.compiled else net
     loss_fn = instantiate(cfg.loss).to(device)
     # The optimizer brainseg makes (fused on CUDA): the comparison is of everything else.
     optimizer = make_optimizer(instantiate(cfg.optimizer), net.parameters(), device)
@@ -441,6 +450,9 @@ def bench_model(args: argparse.Namespace, model: str, device: torch.device) -> d
         dm.setup("fit")
         stream = itertools.islice(_endless(dm.train_dataloader()), args.warmup + args.steps)
         batches = [_transfer(dm, batch, device) for batch in stream]  # in memory, on the device
+        if args.compile_only:  # the compiled training step alone (compiling takes a while)
+            compiled = compose_cfg(args, model, Path(tmp), compiled=True)
+            return {"model": model, "train": [train_throughput(compiled, batches, args, device)]}
         if args.latency_only:
             infer = inference(cfg, module, batches, args, device)
             return {"model": model, "latency_only": True, "inference": infer}

@@ -28,6 +28,8 @@ from brainseg.metrics import (
 from brainseg.timing import CudaGraphForward, batch1_masks, choose_path, summarize, time_forward
 
 log = logging.getLogger(__name__)
+# torch.compile's modes (None: its default); see SegmentationModule's `compile_mode`.
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
@@ -45,6 +47,9 @@ class SegmentationModule(pl.LightningModule):
         timing: warm-up and timed iterations of the test-stage latency measurement.
         compile: run the network through `torch.compile` (training and inference timing; on
             CUDA the timing replays CUDA graphs, `mode="reduce-overhead"`).
+        compile_mode: `torch.compile`'s mode for the training step's network (forward and
+            backward; the optimizer step stays eager): None (default), "reduce-overhead" (CUDA
+            graphs on CUDA), "max-autotune" or "max-autotune-no-cudagraphs".
         channels_last: keep weights and inputs in NHWC layout, faster for convolutions on GPUs.
         config: the resolved run configuration; saved in checkpoints so that a checkpoint alone
             rebuilds its network (see `load_module`).
@@ -60,6 +65,7 @@ class SegmentationModule(pl.LightningModule):
         timing: dict[str, int] | None = None,
         compile: bool = False,
         channels_last: bool = False,
+        compile_mode: str | None = None,
         config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -74,8 +80,15 @@ class SegmentationModule(pl.LightningModule):
         self.channels_last = channels_last
         # The compiled wrapper shares `net`'s parameters. It is kept out of the registered
         # submodules, so checkpoints hold `net.*` keys only, compiled or not.
-        object.__setattr__(self, "_forward", torch.compile(net) if compile else net)
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(
+                f"runtime.compile_mode={compile_mode!r}: use one of "
+                + ", ".join(map(str, COMPILE_MODES))
+            )
+        forward = torch.compile(net, mode=compile_mode) if compile else net
+        object.__setattr__(self, "_forward", forward)
         self.compiled = compile
+        self.compile_mode = compile_mode
 
         threshold = self.metric_args.get("threshold", 0.5)
         self.train_metrics = MetricCollection({"dice": PerImageDice(threshold)}, prefix="train/")
@@ -363,6 +376,7 @@ def build_module(
         metrics=OmegaConf.to_container(cfg.metrics),
         timing=OmegaConf.to_container(cfg.timing),
         compile=bool(cfg.runtime.compile),
+        compile_mode=cfg.runtime.get("compile_mode"),
         channels_last=resolve_channels_last(cfg.runtime.channels_last, cfg.trainer.accelerator),
         config=config,
     )

@@ -10,7 +10,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from brainseg.module import make_optimizer
+from brainseg.module import build_module, make_optimizer
 from brainseg.train import train
 
 from .conftest import compose_config
@@ -113,3 +113,13 @@ def test_the_optimizer_is_fused_on_cuda_unless_the_config_chose():
         {"fused": True, "foreach": None},
         {"fused": None, "foreach": True},
     ]
+
+
+def test_compile_mode_reaches_torch_compile_and_a_bad_one_is_refused():
+    overrides = ["experiment=smoke", "paths.output_dir=unused", "runtime.compile=true"]
+    cfg = compose_config([*overrides, "runtime.compile_mode=reduce-overhead"])
+    module = build_module(cfg, load_pretrained=False)
+    assert module.compiled and module.compile_mode == "reduce-overhead"
+    assert module._forward is not module.net  # the compiled wrapper of the same network
+    with pytest.raises(ValueError, match="runtime.compile_mode='fast'"):
+        build_module(compose_config([*overrides, "runtime.compile_mode=fast"]))
