@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
 # GPU check in two phases, each bounded and writing at most 8 files into OUT:
 #
-#   bash benchmarks/gpu_check.sh speed OUT          # about 3.5 minutes, synthetic 256x256 slices
-#   bash benchmarks/gpu_check.sh study OUT DATA     # about 6.5 minutes, the folder data set DATA
+#   bash benchmarks/gpu_check.sh speed OUT          # at most 160 s, synthetic 256x256 slices
+#   bash benchmarks/gpu_check.sh study OUT DATA     # at most 490 s, the folder data set DATA
 #
 # speed: the card; for both study networks (bf16, channels_last, batch 16, 256²) the training
 #   rate of brainseg against a bare loop and where a step's time goes, whole steps with the data
-#   on the device and from the loader, host syncs per step, batch-1 latency of every path
-#   (eager, CUDA graph, compiled; fp32 and bf16). Files: machine.txt, throughput_<model>.json,
-#   latency_compiled.json, speed.log.
+#   on the device and from the loader, host syncs per step, batch-1 latency per path (eager,
+#   CUDA graph; fp32 and bf16); the test stage's choice of batch-1 path; with the time left, the
+#   U-Net's training step compiled (reduce-overhead: CUDA graphs). Files: machine.txt,
+#   throughput_<model>.json, latency_paths.json, compiled_train.json, speed.log.
 # study: seed 0 of both networks with the study preset (80 epochs, pretrained=false, data on the
-#   device, CSV logs), the two at once on the one GPU and stopped by STUDY_TIME if not done, then
-#   the report. Files: study_runs.tar.gz (run folders and report, no checkpoints), study.log,
-#   gpu_use.txt (nvidia-smi dmon).
+#   device, validation in batches of 64, CSV logs), the two at once on the one GPU, each stopped
+#   by a time limit that leaves room for its test stage and the report. Files: study_runs.tar.gz
+#   (run folders and report, no checkpoints), study.log, gpu_use.txt (nvidia-smi dmon).
 # Each phase prints a summary last. Environment:
 #   GPU_CHECK_DRY  1: on the CPU with the smoke preset and a few steps (checks this script)
-#   STUDY_TIME     training budget of each study run, DD:HH:MM:SS (default 00:00:04:30)
-#   SPEED_TIMEOUT  seconds per network for the throughput benchmark (default 90)
+#   SPEED_BUDGET   seconds the speed phase may take (default 160)
+#   STUDY_BUDGET   seconds the study phase may take (default 490)
 #   WORKERS        loader workers where the loader is measured (default 8)
-# Packages the machine lacks (hydra-core, omegaconf, albumentations, ...) are installed from
-# wheels in .whl/ at the repository root into /tmp/site when an import fails.
+# Only the study's two networks are built: segmentation_models_pytorch and monai are not
+# needed (a check at the start refuses to import them). Packages the machine lacks
+# (hydra-core, omegaconf, albumentations, ...) are installed from wheels in .whl/ at the
+# repository root into /tmp/site when an import fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,8 +35,8 @@ case "$PHASE" in speed | study) ;; *)
 esac
 [ -n "$OUT" ] || { echo "gpu_check.sh $PHASE: give the output folder" >&2; exit 2; }
 DRY="${GPU_CHECK_DRY:-0}"
-STUDY_TIME="${STUDY_TIME:-00:00:04:30}"
-SPEED_TIMEOUT="${SPEED_TIMEOUT:-90}"
+SPEED_BUDGET="${SPEED_BUDGET:-160}"
+STUDY_BUDGET="${STUDY_BUDGET:-490}"
 WORKERS="${WORKERS:-8}"
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -45,6 +48,7 @@ WORK="$(mktemp -d /tmp/gpu_check.XXXXXX)"
 LOG="$OUT/$PHASE.log"
 : > "$LOG"
 say() { echo "[$(( SECONDS - START )) s] $*" | tee -a "$LOG"; }
+left() { echo $(( $1 - (SECONDS - START) )); }  # seconds left of a budget
 
 if ! "$PY" -c "import hydra, omegaconf, albumentations" 2>/dev/null; then
     if [ -d .whl ]; then
@@ -58,6 +62,19 @@ if ! "$PY" -c "import hydra, omegaconf, albumentations" 2>/dev/null; then
         exit 1
     }
 fi
+# The study's networks without the optional libraries: an import of them fails here as there.
+"$PY" - >> "$LOG" 2>&1 <<'PYCHECK' || say "WARNING: building the study networks failed (see $PHASE.log)"
+import sys
+sys.modules["segmentation_models_pytorch"] = None  # import fails, as where it is absent
+sys.modules["monai"] = None
+import brainseg.data, brainseg.report, brainseg.train  # noqa: E401, F401
+from brainseg.config import compose
+from brainseg.module import build_module
+for model in ("unet", "fpn"):
+    cfg = compose(["experiment=smoke", f"model={model}", "paths.output_dir=unused"])
+    build_module(cfg, load_pretrained=False)
+print("study networks build without segmentation_models_pytorch and monai")
+PYCHECK
 if [ "$DRY" != 1 ] && ! nvidia-smi -L > /dev/null 2>&1; then
     say "no GPU: nvidia-smi lists none (GPU_CHECK_DRY=1 for a CPU check)"
     exit 1
@@ -75,34 +92,44 @@ if [ "$PHASE" = speed ]; then
         BENCH=(--device cpu --preset smoke --steps 2 --warmup 1 --rounds 1 --workers 0
                --augment-on device --loader-batches 1 --latency-iters 2 --infer-batch 2
                --infer-iters 1 --pipeline-workers 0)
-        # Compiling on a CPU takes minutes: the dry run times the eager path in its place.
-        COMPILED=(--device cpu --preset smoke --latency-iters 2 --infer-batch 2 --infer-iters 1
-                  --paths eager)
+        PATHS=(--device cpu --preset smoke --iters 2 --batch 2)
+        PER_MODEL=120
     else
         BENCH=(--device cuda --preset study --channels-last on --precision bf16-mixed
-               --steps 30 --warmup 10 --rounds 3 --workers 0 "$WORKERS" --augment-on device
-               --loader-batches 40 --latency-iters 200 --infer-batch 64 --infer-iters 10
+               --steps 20 --warmup 6 --rounds 2 --workers 0 "$WORKERS" --augment-on device
+               --loader-batches 20 --latency-iters 100 --infer-batch 64 --infer-iters 5
                --pipeline-workers "$WORKERS" --no-compile)
-        COMPILED=(--device cuda --preset study --channels-last on --latency-iters 200
-                  --infer-batch 64 --infer-iters 10 --paths compiled)
+        PATHS=(--device cuda --preset study --channels-last true --iters 100 --batch 16)
+        PER_MODEL=55
     fi
     for MODEL in unet fpn; do
-        say "throughput $MODEL"
-        timeout "$SPEED_TIMEOUT" "$PY" benchmarks/throughput.py "${BENCH[@]}" --models "$MODEL" \
+        LIMIT=$(left $(( SPEED_BUDGET - 30 )))
+        [ "$LIMIT" -gt "$PER_MODEL" ] && LIMIT=$PER_MODEL
+        if [ "$LIMIT" -lt 10 ]; then say "no time left for throughput $MODEL"; continue; fi
+        say "throughput $MODEL, ${LIMIT} s at most"
+        timeout -k 5 "$LIMIT" "$PY" benchmarks/throughput.py "${BENCH[@]}" --models "$MODEL" \
             --data-dir "$WORK/data" --out "$OUT/throughput_$MODEL.json" >> "$LOG" 2>&1
         say "exit $?"
     done
-    # Compilation takes the longest and may not finish: last, with what time is left.
-    LEFT=$(( 225 - (SECONDS - START) ))
-    [ "$DRY" = 1 ] && LEFT=120
-    if [ "$LEFT" -gt 20 ]; then
-        say "compiled batch-1 latency, both networks, ${LEFT} s at most"
-        timeout "$LEFT" "$PY" benchmarks/throughput.py "${COMPILED[@]}" --compile --latency-only \
-            --data-dir "$WORK/data" --out "$OUT/latency_compiled.json" \
-            >> "$LOG" 2>&1
+    LIMIT=$(left $(( SPEED_BUDGET - 5 )))
+    [ "$LIMIT" -gt 25 ] && LIMIT=25
+    if [ "$LIMIT" -ge 8 ]; then
+        say "test-stage batch-1 path choice, both networks, ${LIMIT} s at most"
+        timeout -k 5 "$LIMIT" "$PY" benchmarks/latency_paths.py "${PATHS[@]}" \
+            --out "$OUT/latency_paths.json" >> "$LOG" 2>&1
+        say "exit $?"
+    fi
+    # Compiling takes the longest and may not finish: last, with what time is left. On a CPU
+    # it takes minutes: the dry run leaves it out.
+    LIMIT=$(left $(( SPEED_BUDGET - 5 )))
+    if [ "$DRY" != 1 ] && [ "$LIMIT" -gt 20 ]; then
+        say "U-Net training step compiled (reduce-overhead), ${LIMIT} s at most"
+        timeout -k 5 "$LIMIT" "$PY" benchmarks/throughput.py "${BENCH[@]}" --models unet \
+            --compile-only --compile-mode reduce-overhead --data-dir "$WORK/data" \
+            --out "$OUT/compiled_train.json" >> "$LOG" 2>&1
         say "exit $?"
     else
-        say "no time left for the compiled latency"
+        say "compiled training step left out (dry run, or ${LIMIT} s left)"
     fi
     "$PY" benchmarks/gpu_summary.py speed "$OUT" | tee -a "$LOG"
 else
@@ -118,16 +145,24 @@ else
     fi
     COMMON=("${SETTINGS[@]}" "${DATA_ARGS[@]}" seed=0 logger=csv "paths.data_dir=$WORK/data")
     say "cache"
-    "$PY" -m brainseg.data prepare "${COMMON[@]}" >> "$LOG" 2>&1
+    timeout -k 5 120 "$PY" -m brainseg.data prepare "${COMMON[@]}" >> "$LOG" 2>&1
     say "exit $?"
     if [ "$DRY" != 1 ]; then
         nvidia-smi dmon -s um -d 5 > "$OUT/gpu_use.txt" 2>&1 &
         DMON=$!
     fi
+    # Each run: killed at RUN_LIMIT s; its training stops MARGIN s earlier, which leaves room
+    # for the start (data onto the device), the test stage and metrics.json. 40 s for the report.
+    RUN_LIMIT=$(left $(( STUDY_BUDGET - 40 )))
+    MARGIN=60
+    [ "$DRY" = 1 ] && RUN_LIMIT=300
+    TRAIN_S=$(( RUN_LIMIT - MARGIN ))
+    [ "$TRAIN_S" -lt 30 ] && TRAIN_S=30
+    MAX_TIME=$(printf "00:00:%02d:%02d" $(( TRAIN_S / 60 )) $(( TRAIN_S % 60 )))
     for MODEL in unet fpn; do
-        say "train $MODEL (both at once)"
-        timeout 330 "$PY" -m brainseg.train "${COMMON[@]}" "model=$MODEL" \
-            "+trainer.max_time=$STUDY_TIME" "hydra.run.dir=$WORK/runs/$MODEL" \
+        say "train $MODEL (both at once), training stopped after $MAX_TIME, killed at ${RUN_LIMIT} s"
+        timeout -k 10 "$RUN_LIMIT" "$PY" -m brainseg.train "${COMMON[@]}" "model=$MODEL" \
+            "+trainer.max_time=$MAX_TIME" "hydra.run.dir=$WORK/runs/$MODEL" \
             > "$WORK/train_$MODEL.log" 2>&1 &
         eval "PID_$MODEL=$!"
     done
@@ -138,7 +173,7 @@ else
         tail -n 40 "$WORK/train_$MODEL.log" > "$WORK/runs/$MODEL/train_tail.log" 2>/dev/null
     done
     say "report"
-    timeout 30 "$PY" -m brainseg.report "$WORK/runs" --no-wandb --no-qualitative \
+    timeout -k 5 25 "$PY" -m brainseg.report "$WORK/runs" --no-wandb --no-qualitative \
         --resamples 200 >> "$LOG" 2>&1
     say "exit $?"
     tar -czf "$OUT/study_runs.tar.gz" --exclude='*.ckpt' -C "$WORK" runs

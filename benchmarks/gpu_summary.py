@@ -49,8 +49,27 @@ def speed(out: Path) -> list[str]:
         if measured.get("projected_run_s"):
             lines.append(f"  projected 80-epoch run: {measured['projected_run_s']:.0f} s")
         latency += [(model, row) for row in measured.get("inference") or []]
-    compiled = _read(out / "latency_compiled.json") or {"models": []}
-    latency += [(m["model"], row) for m in compiled["models"] for row in m.get("inference", [])]
+    compiled = _read(out / "compiled_train.json") or {"models": []}
+    for measured in compiled["models"]:
+        train = (measured.get("train") or [{}])[0]
+        if "ratio" in train:
+            bare, ours = train["bare_images_per_s"], train["brainseg_images_per_s"]
+            lines.append(
+                f"{measured['model']} compiled (reduce-overhead): bare {bare:.0f} img/s, "
+                f"brainseg {ours:.0f} img/s, ratio {train['ratio']:.3f}"
+            )
+    chosen = _read(out / "latency_paths.json") or {"models": []}
+    for measured in chosen["models"]:
+        lines.append(
+            f"{measured['model']}: the test stage times {measured.get('path')} "
+            f"({_fmt(measured.get('inference_ms'))} ms; "
+            f"eager {_fmt(measured.get('inference_ms_eager'))} ms)"
+            + "".join(
+                f"; {p['name']} {p['ms']:.3f} ms, masks differ {p['mismatch']:.1e}"
+                for p in measured.get("paths") or []
+            )
+            + (f" ERROR {measured['error']}" if "error" in measured else "")
+        )
     lines.append("batch-1 latency (ms, median) | path | precision | mask pixels differing")
     for model, row in latency:
         if "error" in row:
@@ -72,7 +91,8 @@ def study(out: Path, runs: Path) -> list[str]:
             lines.append(f"{model}: no metrics.json (see train_tail.log in the tar)")
             continue
         test = record.get("test", {})
-        keys = ("dice", "precision", "recall", "lesion_recall", "inference_ms_median")
+        keys = ("dice", "precision", "recall", "lesion_recall", "inference_ms", "inference_path")
+        keys += ("inference_ms_eager",)
         lines.append(
             f"{model}: {record['status']} ({record.get('debug') or 'full run'}), "
             f"{record['epochs']} epochs, {record['wall_time_s']:.0f} s, best val dice "

@@ -263,6 +263,7 @@ class SegmentationModule(pl.LightningModule):
             chosen["name"],
         )
         self.inference_path = chosen["name"]
+        self.inference_paths = paths
         iters = max(1, self.timing["iters"] // 5)
         batched = time_forward(self._eager, batch, warmup=2, iters=iters, **kwargs)
         self.train(was_training)
