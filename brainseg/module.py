@@ -234,6 +234,9 @@ class SegmentationModule(pl.LightningModule):
         context = self.trainer.precision_plugin.forward_context if self._trainer else None
         kwargs = {"context": context} if context else {}
         checked = batch[:16]  # one image per call, as timed
+        # Eager's rate at the batch's size first: a path that fails below cannot spoil it.
+        iters = max(1, self.timing["iters"] // 5)
+        batched = time_forward(self._eager, batch, warmup=2, iters=iters, **kwargs)
         paths = []
         for name, make, path_context in self._inference_paths(batch.device, context):
             try:
@@ -264,8 +267,6 @@ class SegmentationModule(pl.LightningModule):
         )
         self.inference_path = chosen["name"]
         self.inference_paths = paths
-        iters = max(1, self.timing["iters"] // 5)
-        batched = time_forward(self._eager, batch, warmup=2, iters=iters, **kwargs)
         self.train(was_training)
         return {
             "inference_ms": chosen["mean"],
