@@ -205,7 +205,7 @@ def render_throughput(data: dict) -> Table:
     out += table("model | augment_on | workers | samples/s | first batch (s) | / consumption", rows)
     infer_keys = ("compiled", "batch1_ms_median", "batch1_ms_p90", "batch", "batch_images_per_s")
     rows = [
-        [m["model"], f"`{r.get('precision')}`", *nums(r, infer_keys)]
+        [m["model"], f"`{r.get('precision')}`{path_note(r)}", *nums(r, infer_keys)]
         for m in models
         for r in m["inference"]
     ]
@@ -223,6 +223,12 @@ def render_throughput(data: dict) -> Table:
     return out
 
 
+def path_note(row: dict) -> str:
+    """` (graph)` for a batch-1 path other than eager and compiled (throughput.py's `path`)."""
+    path = row.get("path")
+    return f" ({path})" if path not in (None, "eager", "compiled") else ""
+
+
 def steps(model: dict) -> str:
     settings = model.get("settings", {})
     return f"{settings.get('steps')} × {settings.get('rounds')}"
@@ -232,7 +238,8 @@ def bf16_line(models: list[dict]) -> Table:
     """bf16 autocast's batch-1 latency against fp32, per model (eager), where both were timed."""
     ratios = []
     for m in models:
-        eager = [r for r in m["inference"] if not r.get("compiled")]
+        eager = [r for r in m["inference"] if r.get("path", "eager") == "eager"]
+        eager = [r for r in eager if not r.get("compiled")]
         ms = {r.get("precision"): r.get("batch1_ms_median") for r in eager}
         if ms.get("32-true") and ms.get("bf16-mixed"):
             ratios.append(f"{m['model']} {num(ms['bf16-mixed'] / ms['32-true'])}×")
@@ -400,8 +407,8 @@ def gpu_status(results: Path) -> str:
     folders = gpu_folders(results)
     if not folders:
         return (
-            "**GPU:** no GPU measurement has been recorded yet. `bash benchmarks/gpu_check.sh` "
-            "measures one and writes it under `benchmarks/results/gpu_<card>/`."
+            "**GPU:** no GPU measurement has been recorded yet. `bash benchmarks/gpu_check.sh "
+            "speed OUT` measures one; `benchmarks/results/gpu_<card>/` is where it is kept."
         )
     names = ", ".join(f"`{p.name}`" for p in folders)
     return f"**GPU:** measurements recorded in {names} (below)."

@@ -8,8 +8,12 @@ Settings are what `brainseg-train experiment=<preset> model=<model>` composes, t
 overrides. Measured per model: training images/s of brainseg (`build_module`, `build_trainer`;
 no logger, callbacks or checkpoints) and of a bare loop (same weights, loss, optimiser,
 precision, layout) on the same batches in memory, in alternating rounds (brainseg / bare: the
-framework's cost); train-loader samples/s per worker count and augmentation path, the copy to
-the device included; batch-1 latency and batch-N images/s, fp32 and bf16, eager and compiled.
+framework's cost), and where a step's time goes (forward, backward, optimizer, metrics, and the
+rest: Lightning's loop, logging, hooks); whole training steps with the data module's batches,
+drawn on the device (data.on_device) or by the loader; on CUDA the host syncs per step;
+train-loader samples/s per worker count and augmentation path, the copy to the device included;
+batch-1 latency (eager, CUDA graph, compiled; fp32 and bf16, with the share of mask pixels that
+differ from eager fp32) and batch-N images/s.
 
 With the study preset it projects the study's sweep (--seeds runs of trainer.max_epochs epochs
 per model; start-up, loader and test left out). Writes benchmarks/results/throughput_<device>.json
@@ -23,6 +27,7 @@ import itertools
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,7 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from brainseg.atomic import write_json
 from brainseg.config import CONF_DIR, compose
-from brainseg.module import SegmentationModule, build_module, build_network
+from brainseg.module import SegmentationModule, build_module, build_network, make_optimizer
 from brainseg.timing import machine_info, summarize, synchronize, time_forward
 from brainseg.train import build_trainer
 
@@ -58,6 +63,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preset", choices=PRESETS, help="default: study with cuda, else cpu")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="default: on cuda")
     p.add_argument("--compile-train", action="store_true", help="also runtime.compile=true")
+    p.add_argument("--compile-mode", help="runtime.compile_mode of the compiled training step")
+    p.add_argument(
+        "--compile-only",
+        action="store_true",
+        help="only the training rate with runtime.compile=true (brainseg and bare compiled)",
+    )
     p.add_argument(
         "--precision", choices=("auto", "32-true", "bf16-mixed"), help="default: the preset's"
     )
@@ -76,6 +87,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--infer-batch", type=int)
     p.add_argument("--infer-iters", type=int)
     p.add_argument("--seeds", type=int, default=5, help="runs per model (README: seed=range(5))")
+    p.add_argument(
+        "--pipeline",
+        nargs="*",
+        default=["device", "loader"],
+        choices=("device", "loader"),
+        help="whole steps with the data module's batches: on the device, or by the loader",
+    )
+    p.add_argument("--pipeline-workers", type=int, default=2, help="loader workers there")
+    p.add_argument(
+        "--paths",
+        nargs="+",
+        default=["eager", "graph", "compiled"],
+        choices=("eager", "graph", "compiled"),
+        help="batch-1 paths to time (graph: CUDA only; compiled: with --compile)",
+    )
+    p.add_argument("--latency-only", action="store_true", help="only the inference timing")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     cuda = args.device == "cuda"
@@ -103,7 +130,12 @@ def compose_cfg(args: argparse.Namespace, model: str, out: Path, compiled: bool)
     overrides += [f"runtime.channels_last={layout}"]
     overrides += [f"runtime.precision={args.precision}"] if args.precision else []
     overrides += [f"runtime.compile={compiled}", f"+trainer.max_steps={args.warmup + args.steps}"]
-    overrides += ["logger=none", "~callbacks", "+trainer.enable_checkpointing=false"]
+    overrides += (
+        [f"runtime.compile_mode={args.compile_mode}"] if compiled and args.compile_mode else []
+    )
+    # The run's callbacks but the checkpoints and the learning-rate monitor (no logger here).
+    overrides += ["logger=none", "~callbacks.best_checkpoint", "~callbacks.last_checkpoint"]
+    overrides += ["~callbacks.learning_rate_monitor", "+trainer.enable_checkpointing=false"]
     overrides += ["+trainer.enable_model_summary=false", "trainer.enable_progress_bar=false"]
     overrides += ["trainer.num_sanity_val_steps=0"]
     if args.data == "synthetic":  # enough slices for the loader to run many batches per epoch
@@ -141,15 +173,17 @@ def _print(what: str, row: dict[str, Any]) -> None:
 
 
 class _StepTimer(pl.Callback):
-    """Clock at the end of step `warmup - 1` and of step `last` (whole cycles in between)."""
+    """Clock at the end of step `warmup - 1` and of step `last` (whole cycles in between,
+    across epochs: the steps are counted here, not by the epoch's batch index)."""
 
     def __init__(self, warmup: int, last: int) -> None:
-        self.warmup, self.last, self.times = warmup, last, {}
+        self.warmup, self.last, self.times, self.step = warmup, last, {}, -1
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if batch_idx in (self.warmup - 1, self.last):
+        self.step += 1
+        if self.step in (self.warmup - 1, self.last):
             synchronize(pl_module.device)
-            self.times[batch_idx] = time.perf_counter()
+            self.times[self.step] = time.perf_counter()
 
 
 def brainseg_round(cfg: DictConfig, module: SegmentationModule, batches: list, warmup: int):
@@ -169,9 +203,10 @@ def bare_round(cfg: DictConfig, module: SegmentationModule, batches: list, warmu
     net.load_state_dict(module.net.state_dict())
     layout = torch.channels_last if module.channels_last else torch.contiguous_format
     net.to(device, memory_format=layout).train()
-    forward = torch.compile(net) if module.compiled else net
+    forward = torch.compile(net, mode=module.compile_mode) if module.compiled else net
     loss_fn = instantiate(cfg.loss).to(device)
-    optimizer = instantiate(cfg.optimizer)(params=net.parameters())
+    # The optimizer brainseg makes (fused on CUDA): the comparison is of everything else.
+    optimizer = make_optimizer(instantiate(cfg.optimizer), net.parameters(), device)
     autocast = _autocast(str(cfg.trainer.precision), device)
     for i, batch in enumerate(batches):
         if i == warmup:
@@ -201,6 +236,88 @@ def train_throughput(cfg: DictConfig, batches: list, args: argparse.Namespace, d
     return {**row, "round_s": times}
 
 
+def step_breakdown(cfg: DictConfig, module: SegmentationModule, batches: list, args, device):
+    """Milliseconds per step of each part of brainseg's training step, timed apart (the device
+    synchronised around each part): forward (with the loss), backward, optimizer, metrics."""
+    module.to(device)
+    module.setup("fit")  # the layout, as the Trainer sets it up
+    module.train()
+    optimizer = make_optimizer(module.optimizer_factory, module.net.parameters(), device)
+    autocast = _autocast(str(cfg.trainer.precision), device)
+    parts: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": [], "metrics": []}
+
+    def timed(part: str, work):
+        synchronize(device)
+        start = time.perf_counter()
+        result = work()
+        synchronize(device)
+        if timing:
+            parts[part].append((time.perf_counter() - start) * 1e3)
+        return result
+
+    for i, batch in enumerate(batches):
+        timing = i >= args.warmup
+        with autocast():
+            logits = timed("forward", lambda b=batch: module(b["image"]))
+            loss = timed("forward", lambda b=batch, x=logits: module.loss(x, b["mask"]))
+        metrics = module.train_metrics
+        timed("metrics", lambda b=batch, x=logits, m=metrics: m.update(x.detach(), b["mask"]))
+        timed("backward", loss.backward)
+        timed("optimizer", lambda: (optimizer.step(), optimizer.zero_grad(set_to_none=True)))
+    module.train_metrics.reset()
+    steps = len(batches) - args.warmup
+    # forward holds two timed parts per step (network, loss): per step, their sum
+    return {f"{part}_ms": sum(times) / steps for part, times in parts.items()}
+
+
+def pipeline_throughput(cfg: DictConfig, args, device, on_device: bool) -> dict[str, Any]:
+    """Images/s of whole training steps through the Trainer with the data module's batches,
+    augmented on the device: drawn there (data.on_device) or by the loader's workers; epoch
+    ends included (validation off), as many epochs as the steps take."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    workers = 0 if on_device else args.pipeline_workers
+    dm = instantiate(cfg.data, augment_on="device", on_device=on_device, num_workers=workers)
+    module = build_module(cfg, load_pretrained=False)
+    trainer = build_trainer(cfg, loggers=[])
+    trainer.limit_val_batches = 0
+    last = args.warmup + args.steps - 1
+    timer = _StepTimer(args.warmup, last)
+    trainer.callbacks.append(timer)
+    trainer.fit(module, datamodule=dm)
+    seconds = timer.times[last] - timer.times[args.warmup - 1]
+    row = {"on_device": on_device, "workers": workers}
+    row |= {"images_per_s": cfg.data.batch_size * args.steps / seconds}
+    _print("pipeline", row)
+    return row
+
+
+def host_syncs(cfg: DictConfig, args, device) -> dict[str, Any]:
+    """Host syncs per training step (CUDA's sync debug mode), data on the device, after warm-up;
+    and where the first few come from."""
+    dm = instantiate(cfg.data, augment_on="device", on_device=True, num_workers=0)
+    module = build_module(cfg, load_pretrained=False)
+    trainer = build_trainer(cfg, loggers=[])
+    trainer.limit_val_batches = 0
+    counted: list[str] = []
+
+    class Watch(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if trainer.global_step == args.warmup:
+                torch.cuda.set_sync_debug_mode("warn")
+
+    trainer.callbacks.append(Watch())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            trainer.fit(module, datamodule=dm)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    counted = [str(w.message).splitlines()[0][:160] for w in caught if "synchron" in str(w.message)]
+    row = {"steps": args.steps, "syncs": len(counted), "syncs_per_step": len(counted) / args.steps}
+    _print("host syncs", row)
+    return {**row, "first": counted[:5]}
+
+
 def loader_throughput(cfg: DictConfig, workers: int, batches: int, augment_on: str, device):
     """Samples/s of the training loader, augmented and on `device`, in steady state: without
     the batches the workers prefetch before the clock starts."""
@@ -221,30 +338,82 @@ def loader_throughput(cfg: DictConfig, workers: int, batches: int, augment_on: s
     return {**row, "first_batch_s": first_batch_s}
 
 
+class _Graph:
+    """`net` at one input shape as a captured CUDA graph: a replay launches the whole network."""
+
+    def __init__(self, net, example: torch.Tensor, precision: str) -> None:
+        # Autocast's cache of cast weights must stay off: a capture replays the casts itself.
+        bf16 = precision == "bf16-mixed"
+        context = lambda: torch.autocast("cuda", torch.bfloat16, enabled=bf16, cache_enabled=False)  # noqa: E731
+        self.static = example.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), context():
+            for _ in range(3):  # cuDNN's choices and the allocator's pools, before capture
+                net(self.static)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph), context():
+            self.out = net(self.static)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        self.static.copy_(images)
+        self.graph.replay()
+        return self.out
+
+
+def _masks(forward, images: torch.Tensor, context) -> torch.Tensor:
+    """Thresholded masks of `images`, one at a time (batch 1, as timed)."""
+    with context():
+        return torch.cat([forward(images[i : i + 1]).float() > 0 for i in range(len(images))])
+
+
 @torch.no_grad()
 def inference(cfg: DictConfig, module: SegmentationModule, batches: list, args, device) -> list:
-    """Batch-1 latency and batch-N throughput per precision and compile mode."""
+    """Batch-1 latency and batch-N throughput per path (eager; a CUDA graph and compiled on
+    CUDA) and precision, with the share of mask pixels that differ from eager fp32's."""
     layout = torch.channels_last if module.channels_last else torch.contiguous_format
     net = module.net.to(device, memory_format=layout).eval()
     images = torch.cat([b["image"] for b in batches]).contiguous(memory_format=layout)
     images = images.repeat(-(-args.infer_batch // len(images)), 1, 1, 1)  # at least infer_batch
     one, many = images[:1], images[: args.infer_batch]
+    checked = images[: min(8, len(images))]  # the slices whose masks are compared
     iters = args.latency_iters or cfg.timing.iters
+    paths = [p for p in args.paths if p != "graph" or device.type == "cuda"]
+    paths = [p for p in paths if p != "compiled" or args.compile]
+    reference = _masks(net, checked, _autocast("32-true", device))
     rows = []
-    for compiled in [False, True] if args.compile else [False]:
-        # CUDA graphs (reduce-overhead) remove the launch cost that dominates batch 1.
-        mode = "reduce-overhead" if device.type == "cuda" else None
-        forward = torch.compile(net, mode=mode) if compiled else net
+    for path in paths:
         for precision in ("32-true", "bf16-mixed"):
             context = _autocast(precision, device)
-            latency = summarize(time_forward(forward, one, cfg.timing.warmup, iters, context))
-            batched = summarize(time_forward(forward, many, 1, args.infer_iters, context))
-            row = {"compiled": compiled, "precision": precision}
+            row: dict[str, Any] = {"path": path, "compiled": path == "compiled"}
+            row["precision"] = precision
+            try:
+                if path == "graph":
+                    forward = _Graph(net, one, precision)
+                elif path == "compiled":
+                    # CUDA graphs (reduce-overhead) remove the launch cost that rules batch 1.
+                    mode = "reduce-overhead" if device.type == "cuda" else None
+                    forward = torch.compile(net, mode=mode)
+                else:
+                    forward = net
+                latency = summarize(time_forward(forward, one, cfg.timing.warmup, iters, context))
+                masks = _masks(forward, checked, context)
+            except Exception as error:  # one path failing leaves the others measured
+                row["error"] = f"{type(error).__name__}: {error}"[:300]
+                rows.append(row)
+                _print("inference", row)
+                continue
             row |= {"batch1_ms_median": latency["median"], "batch1_ms_p90": latency["p90"]}
-            row |= {"batch": len(many), "batch_images_per_s": len(many) * 1e3 / batched["median"]}
+            row["mask_pixels_differing"] = (masks != reference).float().mean().item()
+            if path == "eager":  # a graph is captured at batch 1; compiling another costs minutes
+                batched = summarize(time_forward(forward, many, 1, args.infer_iters, context))
+                row |= {"batch": len(many)}
+                row["batch_images_per_s"] = len(many) * 1e3 / batched["median"]
             rows.append(row)
             _print("inference", row)
-        torch._dynamo.reset()
+        if path == "compiled":
+            torch._dynamo.reset()
     return rows
 
 
@@ -260,7 +429,11 @@ def study_run(cfg: DictConfig, dm, args: argparse.Namespace) -> dict[str, int]:
 def projected_run_s(train: dict, infer: list[dict], precision: str, run: dict[str, int]) -> float:
     """Seconds of `run` (`study_run`) at the measured rates, as `brainseg-train` runs it by
     default: training at brainseg's rate, validation at the batch-N rate, not compiled."""
-    rates = {(row["compiled"], row["precision"]): row["batch_images_per_s"] for row in infer}
+    rates = {
+        (row["compiled"], row["precision"]): row["batch_images_per_s"]
+        for row in infer
+        if row.get("path") != "graph" and "batch_images_per_s" in row
+    }
     evaluation = rates[train["compiled"], precision]
     return run["epochs"] * (run["train"] / train["brainseg_images_per_s"] + run["val"] / evaluation)
 
@@ -277,7 +450,23 @@ def bench_model(args: argparse.Namespace, model: str, device: torch.device) -> d
         dm.setup("fit")
         stream = itertools.islice(_endless(dm.train_dataloader()), args.warmup + args.steps)
         batches = [_transfer(dm, batch, device) for batch in stream]  # in memory, on the device
+        if args.compile_only:  # the compiled training step alone (compiling takes a while)
+            compiled = compose_cfg(args, model, Path(tmp), compiled=True)
+            return {"model": model, "train": [train_throughput(compiled, batches, args, device)]}
+        if args.latency_only:
+            infer = inference(cfg, module, batches, args, device)
+            return {"model": model, "latency_only": True, "inference": infer}
         training = [train_throughput(cfg, batches, args, device)]
+        breakdown = step_breakdown(cfg, module, batches, args, device)
+        brainseg_ms = 1e3 * len(batches[0]["image"]) / training[0]["brainseg_images_per_s"]
+        bare_ms = 1e3 * len(batches[0]["image"]) / training[0]["bare_images_per_s"]
+        breakdown |= {"brainseg_step_ms": brainseg_ms, "bare_step_ms": bare_ms}
+        # What the Trainer adds around the timed parts: its loop, logging, hooks, callbacks.
+        parts = sum(v for k, v in breakdown.items() if k.endswith("_ms") and "step" not in k)
+        breakdown["other_ms"] = brainseg_ms - parts
+        _print("breakdown", breakdown)
+        pipeline = [pipeline_throughput(cfg, args, device, on == "device") for on in args.pipeline]
+        syncs = host_syncs(cfg, args, device) if device.type == "cuda" else None
         if args.compile_train:
             compiled = compose_cfg(args, model, Path(tmp), compiled=True)
             training.append(train_throughput(compiled, batches, args, device))
@@ -301,6 +490,7 @@ def bench_model(args: argparse.Namespace, model: str, device: torch.device) -> d
         params = sum(p.numel() for p in module.net.parameters())
         result = {"projected_run_s": run_s, "model": model, "params": params}
         result |= {"settings": {**settings, "projected_run": run}, "train": training}
+        result |= {"breakdown": breakdown, "pipeline": pipeline, "host_syncs": syncs}
         return {**result, "loader": loaders, "inference": infer}
 
 
@@ -316,7 +506,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for model in args.models:
         results["models"].append(bench_model(args, model, device))
         results["wall_time_s"] = time.time() - started
-        runs = [m["projected_run_s"] for m in results["models"]]
+        runs = [m.get("projected_run_s") for m in results["models"]]
         if None not in runs:  # the study's sweep: --seeds runs of each model
             results["projected_study_sweep_h"] = args.seeds * sum(runs) / 3600
         write_json(args.out, results)  # after each model: a cut-off run keeps what it measured

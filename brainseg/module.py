@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -24,9 +26,11 @@ from brainseg.metrics import (
     build_metrics,
     per_image_stats,
 )
-from brainseg.timing import summarize, time_forward
+from brainseg.timing import CudaGraphForward, batch1_masks, choose_path, summarize, time_forward
 
 log = logging.getLogger(__name__)
+# torch.compile's modes (None: its default); see SegmentationModule's `compile_mode`.
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
@@ -44,6 +48,9 @@ class SegmentationModule(pl.LightningModule):
         timing: warm-up and timed iterations of the test-stage latency measurement.
         compile: run the network through `torch.compile` (training and inference timing; on
             CUDA the timing replays CUDA graphs, `mode="reduce-overhead"`).
+        compile_mode: `torch.compile`'s mode for the training step's network (forward and
+            backward; the optimizer step stays eager): None (default), "reduce-overhead" (CUDA
+            graphs on CUDA), "max-autotune" or "max-autotune-no-cudagraphs".
         channels_last: keep weights and inputs in NHWC layout, faster for convolutions on GPUs.
         config: the resolved run configuration; saved in checkpoints so that a checkpoint alone
             rebuilds its network (see `load_module`).
@@ -59,6 +66,7 @@ class SegmentationModule(pl.LightningModule):
         timing: dict[str, int] | None = None,
         compile: bool = False,
         channels_last: bool = False,
+        compile_mode: str | None = None,
         config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -73,8 +81,15 @@ class SegmentationModule(pl.LightningModule):
         self.channels_last = channels_last
         # The compiled wrapper shares `net`'s parameters. It is kept out of the registered
         # submodules, so checkpoints hold `net.*` keys only, compiled or not.
-        object.__setattr__(self, "_forward", torch.compile(net) if compile else net)
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(
+                f"runtime.compile_mode={compile_mode!r}: use one of "
+                + ", ".join(map(str, COMPILE_MODES))
+            )
+        forward = torch.compile(net, mode=compile_mode) if compile else net
+        object.__setattr__(self, "_forward", forward)
         self.compiled = compile
+        self.compile_mode = compile_mode
 
         threshold = self.metric_args.get("threshold", 0.5)
         self.train_metrics = MetricCollection({"dice": PerImageDice(threshold)}, prefix="train/")
@@ -113,7 +128,13 @@ class SegmentationModule(pl.LightningModule):
         metrics.update(logits.detach(), masks)
         if stage == "train":
             batch_size = images.shape[0]
-            self.log("train/loss", loss, on_epoch=True, prog_bar=True, batch_size=batch_size)
+            self.log(
+                "train/loss",
+                loss,
+                on_epoch=True,
+                prog_bar=self._step_loss_in_progress_bar(),
+                batch_size=batch_size,
+            )
         else:
             self.eval_losses[stage].update(loss.detach(), weight=images.shape[0])
             self.empty_slice_metrics[stage].update(logits.detach(), masks)
@@ -126,6 +147,15 @@ class SegmentationModule(pl.LightningModule):
             batch_size=images.shape[0],
         )
         return loss, logits
+
+    def _step_loss_in_progress_bar(self) -> bool:
+        """Whether the progress bar shows each step's loss. Lightning reads every progress-bar
+        value back to the host after every step, even with no bar shown: on a GPU that sync
+        stalls the queue of kernels each step, so the loss is shown per step only where it
+        costs nothing, a shown bar on the CPU. The logged values are the same either way."""
+        trainer = self._trainer
+        shown = trainer is not None and trainer.progress_bar_callback is not None
+        return shown and self.device.type == "cpu"
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, _ = self._shared_step(batch, self.train_metrics, "train")
@@ -140,6 +170,7 @@ class SegmentationModule(pl.LightningModule):
     def on_test_epoch_start(self) -> None:
         self.test_rows = []
         self._timing_batch = None
+        self.inference_path: str | None = None
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         _, logits = self._shared_step(batch, self.test_metrics, "test")
@@ -191,22 +222,83 @@ class SegmentationModule(pl.LightningModule):
             self.log_dict(finite, prog_bar=False)
 
     def measure_inference(self, batch: torch.Tensor) -> dict[str, float]:
-        """Batch-1 latency (ms, after warm-up, synchronised) and images/s at `batch`'s size."""
+        """Batch-1 latency (ms, after warm-up, synchronised) of the fastest path whose masks
+        match eager's, eager's beside it, and images/s at `batch`'s size (eager).
+
+        The paths: eager in the run's precision; compiled when `runtime.compile`; on CUDA a
+        captured CUDA graph in fp32 and in bf16. A path counts when its masks on `batch`'s
+        first images differ from eager's in at most `timing.MASK_TOLERANCE` of the pixels
+        (`choose_path`). The chosen path's name is left in `self.inference_path`.
+        """
         was_training = self.training
         self.eval()
         context = self.trainer.precision_plugin.forward_context if self._trainer else None
         kwargs = {"context": context} if context else {}
-        forward = self._timed_forward(batch.device)
-        latency = summarize(time_forward(forward, batch[:1], **self.timing, **kwargs))
+        checked = batch[:16]  # one image per call, as timed
+        # Eager's rate at the batch's size first: a path that fails below cannot spoil it.
         iters = max(1, self.timing["iters"] // 5)
-        batched = time_forward(forward, batch, warmup=2, iters=iters, **kwargs)
+        batched = time_forward(self._eager, batch, warmup=2, iters=iters, **kwargs)
+        paths = []
+        for name, make, path_context in self._inference_paths(batch.device, context):
+            try:
+                with torch.inference_mode():
+                    forward = make(batch[:1])
+                masks = batch1_masks(forward, checked, path_context)
+                if not paths:
+                    reference = masks
+                latency = summarize(
+                    time_forward(forward, batch[:1], **self.timing, context=path_context)
+                )
+            except Exception as error:  # a path that fails leaves the others timed
+                if not paths:
+                    raise
+                log.warning("batch-1 path %s left out: %s: %s", name, type(error).__name__, error)
+                continue
+            mismatch = (masks != reference).float().mean().item()
+            paths.append({"name": name, "ms": latency["mean"], "mismatch": mismatch} | latency)
+        chosen = choose_path(paths)
+        if batch.device.type != "cuda":
+            log.info("batch-1 latency on %s: eager only (CUDA graphs need CUDA)", batch.device)
+        log.info(
+            "batch-1 paths: %s; timed %s",
+            ", ".join(
+                f"{p['name']} {p['ms']:.3f} ms (masks differ {p['mismatch']:.1e})" for p in paths
+            ),
+            chosen["name"],
+        )
+        self.inference_path = chosen["name"]
+        self.inference_paths = paths
         self.train(was_training)
         return {
-            "inference_ms": latency["mean"],
-            "inference_ms_std": latency["std"],
-            "inference_ms_median": latency["median"],
+            "inference_ms": chosen["mean"],
+            "inference_ms_std": chosen["std"],
+            "inference_ms_median": chosen["median"],
+            "inference_ms_eager": paths[0]["mean"],
             "images_per_s": batch.shape[0] * 1000.0 / summarize(batched)["median"],
         }
+
+    def _eager(self, images: torch.Tensor) -> torch.Tensor:
+        """The network uncompiled, in the run's memory layout."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.net(images)
+
+    def _inference_paths(self, device: torch.device, context) -> list[tuple[str, Any, Any]]:
+        """(name, factory of the forward given an example, context) of each batch-1 path,
+        eager first."""
+        context = context or contextlib.nullcontext
+        precision = str(self.trainer.precision) if self._trainer else "32-true"
+        label = {"bf16-mixed": "bf16", "16-mixed": "fp16"}.get(precision, "fp32")
+        paths = [(f"eager {label}", lambda example: self._eager, context)]
+        if self.compiled:
+            compiled = "compiled (CUDA graphs)" if device.type == "cuda" else "compiled"
+            paths.append((f"{compiled} {label}", lambda e: self._timed_forward(device), context))
+        if device.type == "cuda":
+            for bf16 in (False, True) if torch.cuda.is_bf16_supported() else (False,):
+                graph = lambda e, bf16=bf16: CudaGraphForward(self.net, e, bf16, self.channels_last)  # noqa: E731
+                name = "cuda-graph bf16" if bf16 else "cuda-graph fp32"
+                paths.append((name, graph, contextlib.nullcontext))
+        return paths
 
     def _timed_forward(self, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
         if not (self.compiled and device.type == "cuda"):
@@ -223,7 +315,7 @@ class SegmentationModule(pl.LightningModule):
         return forward
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = self.optimizer_factory(params=self.net.parameters())
+        optimizer = make_optimizer(self.optimizer_factory, self.net.parameters(), self.device)
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         scheduler = self.scheduler_factory(optimizer=optimizer)
@@ -231,6 +323,20 @@ class SegmentationModule(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
         }
+
+
+def make_optimizer(
+    factory: OptimizerFactory, params: Any, device: torch.device
+) -> torch.optim.Optimizer:
+    """`factory(params=params)`, with `fused=True` on CUDA for optimizers that have a fused
+    implementation (AdamW, Adam, SGD) unless the configuration chose `fused` or `foreach`:
+    one kernel per step for all parameters instead of dozens, the same update up to rounding."""
+    options = getattr(factory, "keywords", {}) or {}
+    cls = getattr(factory, "func", factory)
+    fusable = isinstance(cls, type) and "fused" in inspect.signature(cls).parameters
+    if device.type == "cuda" and fusable and not {"fused", "foreach"} & set(options):
+        return factory(params=params, fused=True)
+    return factory(params=params)
 
 
 def _gather_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -273,6 +379,7 @@ def build_module(
         metrics=OmegaConf.to_container(cfg.metrics),
         timing=OmegaConf.to_container(cfg.timing),
         compile=bool(cfg.runtime.compile),
+        compile_mode=cfg.runtime.get("compile_mode"),
         channels_last=resolve_channels_last(cfg.runtime.channels_last, cfg.trainer.accelerator),
         config=config,
     )

@@ -82,3 +82,59 @@ def summarize(times_ms: list[float]) -> dict[str, float]:
         "median": statistics.median(ordered),
         "p90": p90,
     }
+
+
+# A faster batch-1 path counts only if its masks match eager's: at most this share of the
+# checked pixels may differ (bf16 flips a handful of borderline pixels; a wrong graph flips many).
+MASK_TOLERANCE = 1e-4
+
+
+class CudaGraphForward:
+    """`net` at one input shape as a captured CUDA graph: a replay launches the whole network
+    at once, which is what batch-1 latency on a GPU waits for. `bf16`: captured under bf16
+    autocast; `channels_last`: the input is kept in NHWC layout, as the run keeps it."""
+
+    def __init__(self, net, example: torch.Tensor, bf16: bool, channels_last: bool) -> None:
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        # Autocast's cache of cast weights must stay off: a capture replays the casts itself.
+        context = lambda: torch.autocast("cuda", torch.bfloat16, enabled=bf16, cache_enabled=False)  # noqa: E731
+        self.static = example.contiguous(memory_format=layout).clone()
+        stream = torch.cuda.Stream(example.device)
+        stream.wait_stream(torch.cuda.current_stream(example.device))
+        with torch.cuda.stream(stream), context():
+            for _ in range(3):  # cuDNN's choices and the allocator's pools, before capture
+                net(self.static)
+        torch.cuda.current_stream(example.device).wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph), context():
+            self.out = net(self.static)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        self.static.copy_(images)
+        self.graph.replay()
+        return self.out
+
+
+@torch.inference_mode()
+def batch1_masks(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> torch.Tensor:
+    """Thresholded masks (logit > 0) of `images`, one image per call, as batch 1 is timed."""
+    with context():
+        return torch.cat([forward(images[i : i + 1]).float() > 0 for i in range(len(images))])
+
+
+def choose_path(paths: list[dict[str, Any]], tolerance: float = MASK_TOLERANCE) -> dict[str, Any]:
+    """The fastest of the timed `paths` whose masks match eager's.
+
+    Each path is a dict with `name`, `ms` (its mean batch-1 latency) and `mismatch` (the share
+    of the checked mask pixels that differ from the eager path's masks). Paths with
+    `mismatch > tolerance` are left out; the first path, eager, is the reference and always
+    valid. Ties keep the earlier path.
+    """
+    if not paths:
+        raise ValueError("choose_path: no timed path; the eager path is always timed first")
+    valid = [paths[0]] + [path for path in paths[1:] if path["mismatch"] <= tolerance]
+    return min(valid, key=lambda path: path["ms"])

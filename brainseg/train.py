@@ -268,6 +268,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
             for key, value in trainer.callback_metrics.items()
             if key.startswith("test/")
         }
+        if getattr(module, "inference_path", None):  # which batch-1 path inference_ms timed
+            results["inference_path"] = module.inference_path
     debug = debug_reason(cfg.trainer, fit=cfg.get("fit", True))
     if debug is None and cfg.get("fit", True) and trainer.current_epoch < trainer.max_epochs:
         debug = f"stopped after {trainer.current_epoch} of {trainer.max_epochs} epochs"

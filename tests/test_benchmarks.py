@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from types import SimpleNamespace
 
 import pytest
@@ -52,9 +53,21 @@ def test_throughput_benchmark_measures_every_path_and_writes_its_json(tmp_path):
             )
         assert [row["precision"] for row in model["inference"]] == ["32-true", "bf16-mixed"]
         for row in model["inference"]:
-            assert row["batch"] == 3 and not row["compiled"]
+            # No CUDA graph on a CPU; eager fp32 is the reference of the masks.
+            assert row["batch"] == 3 and not row["compiled"] and row["path"] == "eager"
             assert 0 < row["batch1_ms_median"] <= row["batch1_ms_p90"]
             assert row["batch_images_per_s"] > 0
+            assert 0 <= row["mask_pixels_differing"] <= 1
+        assert model["inference"][0]["mask_pixels_differing"] == 0
+        breakdown = model["breakdown"]
+        for part in ("forward", "backward", "optimizer", "metrics"):
+            assert breakdown[f"{part}_ms"] > 0
+        assert breakdown["brainseg_step_ms"] == pytest.approx(
+            1e3 * smoke.data.batch_size / train["brainseg_images_per_s"]
+        )
+        assert [row["on_device"] for row in model["pipeline"]] == [True, False]
+        assert all(row["images_per_s"] > 0 for row in model["pipeline"])
+        assert model["host_syncs"] is None  # counted on CUDA only
 
 
 def test_round_config_is_the_preset_with_the_runtime_flags_as_overrides(tmp_path):
@@ -108,21 +121,38 @@ def test_projected_run_is_the_epochs_at_the_measured_rates():
 def test_gpu_check_script_runs_through_in_dry_mode(tmp_path):
     results = tmp_path / "results"
     env = {**os.environ, "GPU_CHECK_DRY": "1", "WANDB_MODE": "offline", "PYTHON": sys.executable}
-    subprocess.run(
-        ["bash", "benchmarks/gpu_check.sh", str(results)],
-        cwd=REPO_ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
+    for phase in ("speed", "study"):
+        done = subprocess.run(
+            ["bash", "benchmarks/gpu_check.sh", phase, str(results / phase)],
+            cwd=REPO_ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert "== summary" in done.stdout
+    speed = results / "speed"
+    assert len(list(speed.iterdir())) <= 8 and len(list((results / "study").iterdir())) <= 8
+    assert "card: dry-cpu" in (speed / "machine.txt").read_text()
     for model in ("unet", "fpn"):
-        assert json.loads((results / f"throughput_{model}.json").read_text())["models"]
-        record = json.loads((results / f"train_{model}_metrics.json").read_text())
+        measured = json.loads((speed / f"throughput_{model}.json").read_text())["models"][0]
+        assert measured["breakdown"] and measured["pipeline"] and measured["inference"]
+    paths = json.loads((speed / "latency_paths.json").read_text())["models"]
+    assert [row["path"] for row in paths] == ["eager fp32", "eager fp32"]  # no graph on a CPU
+    with tarfile.open(results / "study" / "study_runs.tar.gz") as tar:
+        names = tar.getnames()
+    assert not [name for name in names if name.endswith(".ckpt")]
+    assert "runs/report/table.md" in names
+    for model in ("unet", "fpn"):
+        record = json.loads(tar_member(results / "study" / "study_runs.tar.gz", model))
         assert record["status"] == "ok" and record["model"] == model
-    assert "card: dry-cpu" in (results / "machine.txt").read_text()
-    # The smoke preset is not the study's: nothing to project from.
-    assert "no projection" in (results / "projection.txt").read_text()
+        assert record["test"]["inference_path"] == "eager fp32"
+
+
+def tar_member(archive, model: str) -> str:
+    with tarfile.open(archive) as tar:
+        return tar.extractfile(f"runs/{model}/metrics.json").read().decode()
 
 
 def test_data_pipeline_benchmark_runs_on_a_folder_with_the_configured_augmentation(

@@ -64,8 +64,8 @@ def test_cli_writes_next_to_the_checkpoint_and_prints_the_difference(
 
 def test_the_check_runs_on_synthetic_brain_slices_prepared_as_predict_prepares_them(checkpoint):
     from brainseg.data.synthetic import SyntheticSource
-    from brainseg.export import check_slices
     from brainseg.data.transforms import SlicePreprocessor
+    from brainseg.export import check_slices
 
     config = load_module(checkpoint).hparams.config
     slices = check_slices(config, 64, 3, seed=1)

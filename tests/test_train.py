@@ -122,6 +122,9 @@ def test_fit_and_test_write_the_run_records(smoke_cfg, model):
     assert written["split"] == "patient"  # what was used; the config says auto
     assert 0.0 <= written["test"]["dice"] <= 1.0
     assert written["test"]["inference_ms"] > 0
+    # On a CPU only eager is timed, in the run's precision.
+    assert written["test"]["inference_path"] in ("eager fp32", "eager bf16")
+    assert written["test"]["inference_ms"] == written["test"]["inference_ms_eager"]
 
     split = pd.read_csv(out / "split.csv")
     per_image = pd.read_csv(out / "per_image.csv")

@@ -55,6 +55,8 @@ class BatchAugment:
         self.in_channels = in_channels
         self.mean = torch.from_numpy(per_channel(mean, in_channels, "mean"))
         self.std = torch.from_numpy(per_channel(std, in_channels, "std"))
+        # Copied to each device once, not every batch (a host-to-device copy per step).
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(
         self,
@@ -75,10 +77,15 @@ class BatchAugment:
         y = mask.float()
         if augment:
             x, y = self.augment(x, y, generator)
-        mean = self.mean.to(x.device, non_blocking=True)
-        std = self.std.to(x.device, non_blocking=True)
+        mean, std = self._statistics(x.device)
         x = (x.expand(-1, self.in_channels, -1, -1) - mean) / std
         return x.contiguous(), (y > 0.5).float()
+
+    def _statistics(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalisation's mean and std on `device`."""
+        if device not in self._on_device:
+            self._on_device[device] = (self.mean.to(device), self.std.to(device))
+        return self._on_device[device]
 
     def augment(
         self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None

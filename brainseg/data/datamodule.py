@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from brainseg.data.batch_augment import BatchAugment
 from brainseg.data.cache import CachedData, build_cache, load_cache
+from brainseg.data.device import DeviceEvalBatches, DeviceTrainBatches, uint8_on_device
 from brainseg.data.sampler import EpochSampler, derive_seed
 from brainseg.data.sources import Source
 from brainseg.data.splits import (
@@ -36,6 +38,7 @@ from brainseg.data.transforms import (
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 AUGMENT_ON = ("auto", "loader", "device")
+ON_DEVICE = ("auto", True, False)
 
 
 class SliceDataset(Dataset):
@@ -103,6 +106,10 @@ class BrainTumorDataModule(pl.LightningDataModule):
             per batch, on the model's device) or "auto" (device with a CUDA trainer, else loader).
         mean, std: normalisation of the [0, 1] image per channel.
         root: the source's folder, kept for the config (data.root); unused here.
+        on_device: keep the subsets on the model's device and draw batches there, without
+            loader workers (`brainseg.data.device`): the same batches as `augment_on=device`.
+            True, False or "auto" (on with a CUDA trainer when the augmentation is on the
+            device).
     """
 
     def __init__(
@@ -126,6 +133,7 @@ class BrainTumorDataModule(pl.LightningDataModule):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         root: str | os.PathLike | None = None,
+        on_device: bool | str = False,
     ) -> None:
         super().__init__()
         self.source = source
@@ -161,6 +169,15 @@ class BrainTumorDataModule(pl.LightningDataModule):
                 f"data.augment_on={augment_on!r} is not one of {', '.join(AUGMENT_ON)}"
             )
         self.augment_on = augment_on
+        if on_device not in ON_DEVICE:
+            raise ValueError(f"data.on_device={on_device!r} is not one of true, false, auto")
+        if on_device is True and augment_on == "loader":
+            raise ValueError(
+                "data.on_device=true draws training batches on the device and augments them "
+                "there: set data.augment_on=device (or auto), or data.on_device=false"
+            )
+        self.on_device = on_device
+        self._device_batches: dict[str, DeviceTrainBatches | DeviceEvalBatches] = {}
         # Fail at construction, not in a worker, on bad settings.
         build_transforms("train", self.augment, self.in_channels, self.mean, self.std)
         # Evaluation slices reach the network as any new slice does (predict, report, W&B).
@@ -217,9 +234,17 @@ class BrainTumorDataModule(pl.LightningDataModule):
             return self.trainer.strategy.root_device.type == "cuda"
         return torch.cuda.is_available()
 
+    def data_on_device(self) -> bool:
+        """Whether batches are drawn from arrays on the model's device (see `on_device`)."""
+        if self.on_device != "auto":
+            return bool(self.on_device)
+        cuda = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        return cuda and self.augments_on_device()
+
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        """One seed for a uint8 training batch's augmentation on the device, from its samples'."""
-        if batch["image"].dtype == torch.uint8:
+        """One seed for a uint8 training batch's augmentation on the device, from its samples'
+        (the on-device batches carry it already)."""
+        if batch["image"].dtype == torch.uint8 and isinstance(batch["seed"], torch.Tensor):
             batch["seed"] = derive_seed(*batch["seed"].tolist())  # on the host: no device sync
         return batch
 
@@ -232,10 +257,7 @@ class BrainTumorDataModule(pl.LightningDataModule):
             )
         return batch
 
-    def _loader(self, subset: str, batch_size: int, shuffle: bool) -> DataLoader:
-        if not self.datasets:
-            self.setup()
-        dataset = self.datasets[subset]
+    def _sampler(self, dataset: SliceDataset, shuffle: bool):
         if shuffle:
             # Shuffled and augmented by (seed, epoch), each process its share (under DDP).
             trainer = self.trainer
@@ -245,13 +267,21 @@ class BrainTumorDataModule(pl.LightningDataModule):
             # calls `set_epoch`, and before a resumed run's `current_epoch` counts the epoch the
             # checkpoint ended: give the sampler the epoch that Lightning is about to set.
             sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed if trainer else 0)
-        elif dist.is_available() and dist.is_initialized():
+            return sampler
+        if dist.is_available() and dist.is_initialized():
             # Lightning's DistributedSampler pads the evaluation sets with repeated slices to
             # equal shares; this one gives each slice to exactly one process, so that summed
             # metrics are exact whatever the number of processes.
-            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
-        else:
-            sampler = None
+            return UnrepeatedDistributedSampler(dataset, shuffle=False)
+        return None
+
+    def _loader(self, subset: str, batch_size: int, shuffle: bool):
+        if not self.datasets:
+            self.setup()
+        dataset = self.datasets[subset]
+        sampler = self._sampler(dataset, shuffle)
+        if self.data_on_device():
+            return self._on_device(subset, batch_size, sampler)
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -263,6 +293,41 @@ class BrainTumorDataModule(pl.LightningDataModule):
             # Nothing left to draw from torch's global generator (the workers' base seed).
             generator=torch.Generator().manual_seed(self.seed),
         )
+
+    def _on_device(self, subset: str, batch_size: int, sampler) -> Any:
+        """The subset's batches from arrays on the model's device, copied there once."""
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        dataset = self.datasets[subset]
+        cached = self._device_batches.get(subset)
+        if cached is None or cached.images.device != device:
+            labels = torch.as_tensor(dataset.labels, dtype=torch.long).to(device)
+            if subset == "train":
+                if not self.augments_on_device():
+                    raise ValueError(
+                        "data.on_device needs the training augmentation on the device: set "
+                        "data.augment_on=device (or auto), or data.on_device=false"
+                    )
+                images = uint8_on_device(self.data.images, dataset.index, device)
+                masks = uint8_on_device(self.data.masks, dataset.index, device)
+            else:  # the evaluation transform's outputs, made once on the host
+                items = [dataset[i] for i in range(len(dataset))]
+                images = torch.stack([item["image"] for item in items]).to(device)
+                masks = torch.stack([item["mask"] for item in items]).to(device)
+            cached = (images, masks, labels)
+        else:
+            cached = (cached.images, cached.masks, cached.labels)
+        images, masks, labels = cached
+        if subset == "train":
+            drop_last = len(dataset) > batch_size
+            batches = DeviceTrainBatches(
+                images, masks, dataset.ids, dataset.pids, labels, sampler, batch_size, drop_last
+            )
+        else:
+            batches = DeviceEvalBatches(
+                images, masks, dataset.ids, dataset.pids, labels, batch_size, sampler
+            )
+        self._device_batches[subset] = batches
+        return batches
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, shuffle=True)
