@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -25,13 +26,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from pytorch_lightning.loggers import CSVLogger, Logger
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from brainseg.atomic import write_csv, write_json
 from brainseg.callbacks import AtomicCheckpointIO, WallClock
-from brainseg.config import gpu_of_job  # noqa: F401  (registers the resolver)
+from brainseg.config import check_settings
 from brainseg.models.input_size import check_image_size
 from brainseg.module import build_module, read_checkpoint
-from brainseg.tracking import finish_wandb, log_run_summary, wandb_logger
+from brainseg.rundir import EarlierRunError, earlier_run, finished_record
+from brainseg.tracking.run import finish_wandb, log_run_summary
 
 log = logging.getLogger(__name__)
 
@@ -61,27 +64,32 @@ def git_commit() -> str | None:
     return f"{commit}-dirty" if dirty else commit
 
 
+def instantiate_group(group: DictConfig | None) -> list[Any]:
+    """The objects of a config group of named entries (`logger`, `callbacks`), in order; an
+    entry set to null is switched off."""
+    return [instantiate(entry) for entry in (group or {}).values() if entry]
+
+
 def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
-    """A CSV log in every run (`csv/metrics.csv`), plus the configured loggers."""
+    """A CSV log in every run (`csv/metrics.csv`), plus the configured loggers, which receive
+    the run's configuration once."""
     previous = output_dir / "csv" / "metrics.csv"
     if previous.is_file() and rank_zero_only.rank == 0:
         # Lightning's CSV logger deletes an existing log: keep a resumed run's earlier epochs.
         previous.rename(previous.with_name(f"metrics-{time.strftime('%Y%m%d-%H%M%S')}.csv"))
-    loggers: list[Logger] = [CSVLogger(save_dir=output_dir, name="", version="csv")]
-    for name, logger_cfg in (cfg.get("logger") or {}).items():
-        if name == "wandb":
-            loggers.append(wandb_logger(cfg, logger_cfg))
-        else:
-            loggers.append(instantiate(logger_cfg))
-    return loggers
+    configured = instantiate_group(cfg.get("logger"))
+    if configured:
+        config = OmegaConf.to_container(cfg, resolve=True)
+        for logger in configured:
+            logger.log_hyperparams(config)
+    return [CSVLogger(save_dir=output_dir, name="", version="csv"), *configured]
 
 
 def build_trainer(
     cfg: DictConfig, loggers: list[Logger], clock: WallClock | None = None
 ) -> pl.Trainer:
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    callbacks += [clock] if clock else []
+    callbacks = instantiate_group(cfg.get("callbacks")) + ([clock] if clock else [])
     return instantiate(
         trainer_cfg,
         logger=loggers or False,
@@ -175,19 +183,41 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
     """Fits the configured network, tests its best checkpoint and writes the run's records.
 
     Writes into `cfg.paths.output_dir`: `metrics.json`, `per_image.csv`, `split.csv`,
-    `checkpoints/{best,last}.ckpt` and `csv/metrics.csv` (per-epoch log). Runs whose settings
-    stop short of full training (fast_dev_run, limited batches, ...) are recorded with status
-    "debug", not "ok". With `fit=false` only tests `ckpt_path`'s network, configured by
-    `config_of_checkpoint` (`overrides`: the command line's, which win over the checkpoint).
+    `checkpoints/{best,last}.ckpt` and `csv/metrics.csv` (per-epoch log). The record's status
+    is "ok" only for a fully trained run tested on slices with a tumor: "debug" for runs whose
+    settings stop short of full training (fast_dev_run, limited batches, ...), "no_test" and
+    "no_tumor_test" for runs without a test set, or whose test set has no tumor, "interrupted"
+    for a run cut by SIGTERM or Ctrl-C (which then exits with 128 + the signal's number).
+    With `fit=false` only tests `ckpt_path`'s network, configured by `config_of_checkpoint`
+    (`overrides`: the command line's, which win over the checkpoint).
+
+    A fitting run without `ckpt_path` whose directory holds an earlier run continues it (see
+    `brainseg.rundir.earlier_run`): returns a finished run's record untouched, resumes a cut
+    one from its last checkpoint, and refuses anything else.
 
     Returns:
         The content of `metrics.json`.
     """
+    # Every check that needs no data before any data is cached or downloaded.
+    check_settings(cfg)
+    check_objective(cfg)
     clock = WallClock()
     commit = git_commit()
-    # Every check that needs no data before any data is cached or downloaded.
+    fit = cfg.get("fit", True)
+    if fit and not cfg.get("ckpt_path"):
+        earlier = earlier_run(cfg)
+        if isinstance(earlier, dict):
+            return earlier
+        if earlier is not None:
+            cfg = cfg.copy()
+            with open_dict(cfg):
+                cfg.ckpt_path = str(earlier)
+    elif not fit and finished_record(Path(cfg.paths.output_dir)) is not None:
+        raise EarlierRunError(
+            f"{cfg.paths.output_dir} holds a finished run: test elsewhere (another hydra.run.dir)"
+        )
     checkpoint = read_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
-    if not cfg.get("fit", True):
+    if not fit:
         if checkpoint is None:
             raise ValueError(
                 "fit=false tests a trained network: give ckpt_path=<run_dir>/checkpoints/best.ckpt"
@@ -204,30 +234,41 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
     datamodule = instantiate(cfg.data)
     module = build_module(cfg)
     check_image_size(datamodule.image_size, getattr(module.net, "multiple", 1), cfg.model.name)
-    trainer = build_trainer(cfg, build_loggers(cfg, output_dir), clock)
+    loggers = build_loggers(cfg, output_dir)
+    trainer = build_trainer(cfg, loggers, clock)
 
-    if cfg.get("fit", True):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    else:
-        best = str(cfg.ckpt_path)
-    if trainer.is_global_zero:
-        datamodule.write_split(output_dir / "split.csv")
-
-    results: dict[str, Any] = {}
-    if cfg.get("test", True):
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
-        results = {
-            key.removeprefix("test/"): float(value)
-            for key, value in trainer.callback_metrics.items()
-            if key.startswith("test/")
-        }
-    debug = debug_reason(cfg.trainer) if cfg.get("fit", True) else None
-    if debug is None and cfg.get("fit", True) and trainer.current_epoch < trainer.max_epochs:
+    try:
+        if fit:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            checkpoints = trainer.checkpoint_callback
+            best = checkpoints.best_model_path if checkpoints else ""
+        else:
+            best = str(cfg.ckpt_path)
+        if trainer.is_global_zero:
+            datamodule.write_split(output_dir / "split.csv")
+        results: dict[str, Any] = {}
+        test_slices = datamodule.subset_sizes()["test"]
+        if cfg.get("test", True) and test_slices:
+            trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
+            results = {
+                key.removeprefix("test/"): float(value)
+                for key, value in trainer.callback_metrics.items()
+                if key.startswith("test/")
+            }
+    except SystemExit as stop:  # Lightning's SIGTERMException, and its exit on Ctrl-C
+        signal_number = _interrupting_signal(stop)
+        if signal_number is None:
+            raise
+        _record_interruption(cfg, trainer, output_dir, signal_number, clock, commit)
+        raise RunInterrupted(128 + signal_number) from stop
+    debug = debug_reason(cfg.trainer) if fit else None
+    if debug is None and fit and trainer.current_epoch < trainer.max_epochs:
         debug = f"stopped after {trainer.current_epoch} of {trainer.max_epochs} epochs"
+    status, reason = _status(cfg, datamodule, test_slices, debug)
     record = {
-        # Only "ok" runs are results: the report leaves the others out unless asked.
-        "status": "ok" if debug is None else "debug",
+        # Only "ok" runs are results: the report lists the others with the reason.
+        "status": status,
+        "reason": reason,
         "debug": debug,
         "model": cfg.model.get("name"),
         "seed": int(cfg.seed),
@@ -235,7 +276,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
         "split": datamodule.split_mode,  # patient or image: what was used, never auto
         "image_size": cfg.data.get("image_size"),
         "params": sum(p.numel() for p in module.net.parameters()),
-        "epochs": trainer.current_epoch if cfg.get("fit", True) else None,
+        "epochs": trainer.current_epoch if fit else None,
         "trainer_precision": str(trainer.precision),
         "device": _device_name(trainer.strategy.root_device),
         "wall_time_s": clock.elapsed(),  # a resumed run's earlier part included
@@ -244,6 +285,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
         "best_val_dice": _float_or_none(
             getattr(trainer.checkpoint_callback, "best_model_score", None)
         ),
+        # What a sweeper optimises: a validation value, never a test one (see `objective`).
+        "objective": _objective(cfg, trainer) if fit else None,
         "test": results,
     }
     if trainer.is_global_zero:
@@ -252,6 +295,120 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
         write_json(output_dir / "metrics.json", record)
     log_run_summary(trainer, record)
     return record
+
+
+class RunInterrupted(SystemExit):
+    """A run cut by a signal: the process exits with 128 + the signal's number (143 for
+    SIGTERM, 130 for Ctrl-C), as a shell reports a process the signal ended."""
+
+
+def _interrupting_signal(stop: SystemExit) -> int | None:
+    """The signal behind Lightning's exit, or None for any other SystemExit."""
+    if isinstance(stop, SIGTERMException):
+        return signal.SIGTERM
+    if isinstance(stop.__context__, KeyboardInterrupt):  # Lightning's sys.exit(1) on Ctrl-C
+        return signal.SIGINT
+    return None
+
+
+def _record_interruption(
+    cfg: DictConfig,
+    trainer: pl.Trainer,
+    output_dir: Path,
+    signal_number: int,
+    clock: WallClock,
+    commit: str | None,
+) -> None:
+    reason = (
+        f"{signal.Signals(signal_number).name} during {_stage(trainer)}, epoch "
+        f"{trainer.current_epoch}; rerun the same command to resume from checkpoints/last.ckpt"
+    )
+    log.error("interrupted: %s", reason)
+    if trainer.is_global_zero:
+        record = {
+            "status": "interrupted",
+            "reason": reason,
+            "model": cfg.model.get("name"),
+            "seed": int(cfg.seed),
+            "fold": cfg.data.get("fold"),
+            "epochs": trainer.current_epoch,
+            "wall_time_s": clock.elapsed(),
+            "git_commit": commit,
+        }
+        write_json(output_dir / "metrics.json", record)
+
+
+def _stage(trainer: pl.Trainer) -> str:
+    # Lightning has reset `state.stage` by now; `state.fn` still says what was running.
+    return trainer.state.fn.value if trainer.state.fn else "the run"
+
+
+def _status(
+    cfg: DictConfig, datamodule: Any, test_slices: int, debug: str | None
+) -> tuple[str, str | None]:
+    """(status, why it is not "ok") of a run that ended: a run without a test set, or whose
+    test set has no tumor, is no result whatever its training (a network that predicts nothing
+    scores Dice 1 on tumor-free slices)."""
+    if not cfg.get("test", True):
+        return "no_test", "test=false: the run was not tested"
+    if not test_slices:
+        return "no_test", f"the test set is empty (data.fractions={list(cfg.data.fractions)})"
+    if not datamodule.tumor_slices("test"):
+        return "no_tumor_test", (
+            f"none of the {test_slices} test slices has a tumor: Dice, precision, recall and "
+            "lesion recall only count false positives there"
+        )
+    if debug is not None:
+        return "debug", f"no full training ({debug})"
+    return "ok", None
+
+
+def check_objective(cfg: DictConfig) -> None:
+    """`optimized_metric` must be a validation metric that a checkpoint callback monitors: its
+    best score is the objective, and that callback's best checkpoint is the one tested."""
+    metric = cfg.get("optimized_metric")
+    if metric is None:
+        return
+    if not str(metric).startswith("val/"):
+        raise ValueError(
+            f"optimized_metric={metric!r}: a sweeper optimises a validation metric (val/...), "
+            "never a test or training one; e.g. optimized_metric=val/dice"
+        )
+    monitors = {
+        c.get("monitor")
+        for c in (cfg.get("callbacks") or {}).values()
+        if c and str(c.get("_target_", "")).endswith("ModelCheckpoint") and c.get("monitor")
+    }
+    if metric not in monitors:
+        raise ValueError(
+            f"optimized_metric={metric} is monitored by no checkpoint callback (monitored: "
+            f"{', '.join(sorted(monitors)) or 'none'}): set callbacks.best_checkpoint.monitor="
+            f"{metric} (and its mode), which also chooses the checkpoint that is tested"
+        )
+
+
+def _objective(cfg: DictConfig, trainer: pl.Trainer) -> dict[str, Any] | None:
+    metric = cfg.get("optimized_metric")
+    if metric is None:
+        return None
+    callback = next(c for c in trainer.checkpoint_callbacks if c.monitor == metric)
+    return {"metric": metric, "value": _float_or_none(callback.best_model_score)}
+
+
+def recorded_objective(record: dict[str, Any], metric: str | None) -> float | None:
+    """The objective `metric` of a run's record (`val/dice`: its best val Dice); a ValueError
+    when the run recorded another one."""
+    if metric is None:
+        return None
+    objective = record.get("objective") or {}
+    if objective.get("metric") == metric:
+        return objective.get("value")
+    if metric == "val/dice" and "objective" not in record:  # written before objectives
+        return record.get("best_val_dice")
+    raise ValueError(
+        f"the run recorded the objective {objective.get('metric')!r}, not optimized_metric="
+        f"{metric}: run the sweep with optimized_metric={objective.get('metric')}, or elsewhere"
+    )
 
 
 def _device_name(device: torch.device) -> str:
@@ -283,6 +440,8 @@ def main(cfg: DictConfig) -> float | None:
     env_before = {key: os.environ.get(key) for key in _DDP_ENV}
     try:
         record = train(cfg, HydraConfig.get().overrides.task)
+    except EarlierRunError:
+        raise  # about a run that is not this one's to record
     except BaseException:
         error_file = Path(cfg.paths.output_dir) / "error.txt"
         error_file.parent.mkdir(parents=True, exist_ok=True)
@@ -291,7 +450,8 @@ def main(cfg: DictConfig) -> float | None:
     finally:
         finish_wandb()
         _end_distributed(env_before)
-    return record["test"].get("dice")
+    # The sweeper's objective: a validation value (`optimized_metric`), never a test metric.
+    return recorded_objective(record, cfg.get("optimized_metric"))
 
 
 if __name__ == "__main__":

@@ -257,7 +257,7 @@ def test_wandb_offline_run_writes_its_files_under_the_run_dir(smoke_cfg, monkeyp
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = smoke_cfg("logger=wandb", "trainer.max_epochs=1")
     train(cfg)
-    from brainseg.tracking import finish_wandb
+    from brainseg.tracking.run import finish_wandb
 
     finish_wandb()
     runs = list((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*"))

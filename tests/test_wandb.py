@@ -17,8 +17,8 @@ import pytest
 from brainseg.report import build_report
 from brainseg.report.__main__ import main as report_main
 from brainseg.report.collect import load_sweep
-from brainseg.report.wandb_log import DASHBOARD_FILE, load_dashboard, report_run_id
-from brainseg.tracking import RUN_ID_FILE, finish_wandb, run_id, run_tags
+from brainseg.tracking.dashboard import DASHBOARD_FILE, load_dashboard, report_run_id
+from brainseg.tracking.run import RUN_ID_FILE, finish_wandb, run_id, run_tags
 from brainseg.train import train
 
 from .conftest import REPO_ROOT, load_benchmark
@@ -160,9 +160,12 @@ def test_a_run_is_named_tagged_summarised_and_shows_its_slices(smoke_cfg):
 
 
 def test_only_a_network_with_a_backbone_is_tagged_pretrained(smoke_cfg):
-    assert "pretrained" in run_tags(smoke_cfg("model=fpn", "pretrained=true"))
-    assert "scratch" in run_tags(smoke_cfg("model=fpn", "pretrained=false"))
-    assert "scratch" in run_tags(smoke_cfg("model=unet", "pretrained=true"))  # nothing to load
+    def tags(*overrides: str) -> list[str]:
+        return run_tags(wandb_smoke(smoke_cfg, *overrides).logger.wandb.identity)
+
+    assert "pretrained" in tags("model=fpn", "pretrained=true")
+    assert "scratch" in tags("model=fpn", "pretrained=false")
+    assert "scratch" in tags("model=unet", "pretrained=true")  # nothing to load
 
 
 def test_a_resumed_run_continues_its_wandb_run(smoke_cfg):
@@ -188,8 +191,8 @@ def test_a_run_id_is_reused_only_when_resuming(tmp_path):
 
 
 def test_media_callback_does_nothing_without_a_wandb_logger(smoke_cfg):
-    media = "+callbacks.wandb_media._target_=brainseg.wandb_media.WandbMedia"
-    cfg = smoke_cfg("logger=csv", media, "+callbacks.wandb_media.every_n_epochs=1")
+    cfg = smoke_cfg("logger=csv", "callbacks.wandb_media.every_n_epochs=1")
+    assert cfg.callbacks.wandb_media._target_ == "brainseg.tracking.media.WandbMedia"
     record = train(cfg)
     assert record["status"] == "ok"
     assert not (Path(cfg.paths.output_dir) / "wandb").exists()
@@ -210,7 +213,7 @@ def test_reports_update_one_report_run_and_write_the_dashboard(tmp_path, capsys)
 
     printed = capsys.readouterr().out
     definition = sweep / "report" / DASHBOARD_FILE
-    assert f"python -m brainseg.report.wandb_log {definition} --entity" in printed
+    assert f"python -m brainseg.tracking.dashboard {definition} --entity" in printed
     assert (sweep / "report" / "wandb_dashboard.png").stat().st_size > 0
     workspace = load_dashboard(definition, entity="someone")
     assert workspace.entity == "someone" and workspace.project == "brainseg-test"
