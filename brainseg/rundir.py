@@ -109,7 +109,7 @@ def earlier_run(cfg: DictConfig) -> dict[str, Any] | Path | None:
         log.info("%s: already finished (status %s), kept as it is", run_dir, finished["status"])
         return finished
     if (run_dir / LAST_CHECKPOINT).is_file():
-        log.warning("%s holds a run that did not finish: resuming from %s", run_dir, LAST_CHECKPOINT)
+        log.warning("%s holds a run that did not finish: resuming it", run_dir)
         return run_dir / LAST_CHECKPOINT
     traces = [name for name in (RECORD, "error.txt", "checkpoints") if (run_dir / name).exists()]
     if traces:

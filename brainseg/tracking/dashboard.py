@@ -352,12 +352,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--entity", help="W&B user or team (default: the definition's, or yours)")
     args = parser.parse_args(argv)
     if not args.definition.is_file():
-        print(f"error: {args.definition} does not exist: give the {DASHBOARD_FILE} that "
-              "`brainseg-report <sweep> --dashboard` wrote", file=sys.stderr)
+        print(
+            f"error: {args.definition} does not exist: give the {DASHBOARD_FILE} that "
+            "`brainseg-report <sweep> --dashboard` wrote",
+            file=sys.stderr,
+        )
         return 2
     if not wandb_has_credentials():
-        print("error: no W&B API key found: run `wandb login` (or set WANDB_API_KEY), then "
-              "run this command again", file=sys.stderr)
+        print(
+            "error: no W&B API key found: run `wandb login` (or set WANDB_API_KEY), then "
+            "run this command again",
+            file=sys.stderr,
+        )
         return 2
     try:
         check_reachable()
