@@ -37,7 +37,7 @@ _INTEGER_SETTINGS = {
     "data.batch_size": (1, False),
     "data.eval_batch_size": (1, True),  # null: the training batch size
     "data.num_workers": (0, False),
-    "data.fold": (1, True),
+    "data.fold": (None, True),  # its range: the data module's check
     "trainer.max_epochs": (-1, False),  # -1: Lightning's "no limit"
 }
 _BOOLEAN_SETTINGS = ("fit", "test", "pretrained")
@@ -76,7 +76,8 @@ def check_settings(cfg: DictConfig) -> None:
                 f"e.g. {key}={max(minimum or 0, 1)}"
             )
         if minimum is not None and value < minimum:
-            raise ValueError(f"{key}={value} must be {minimum} or more")
+            at_least = "a positive number" if minimum == 1 else f"{minimum} or more"
+            raise ValueError(f"{key}={value} must be {at_least}")
     for key in _BOOLEAN_SETTINGS:
         value = _select(cfg, key)
         if value is not _ABSENT and not isinstance(value, bool):

@@ -321,7 +321,8 @@ def _record_interruption(
 ) -> None:
     reason = (
         f"{signal.Signals(signal_number).name} during {_stage(trainer)}, epoch "
-        f"{trainer.current_epoch}; rerun the same command to resume from checkpoints/last.ckpt"
+        f"{trainer.current_epoch}; run it again into {output_dir} (the same sweep command, or "
+        f"hydra.run.dir={output_dir}) to resume from checkpoints/last.ckpt"
     )
     log.error("interrupted: %s", reason)
     if trainer.is_global_zero:
