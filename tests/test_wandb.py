@@ -257,7 +257,7 @@ def test_fold_sweep_gives_distinct_runs_and_one_report_run(tmp_path):
         )
         assert done.returncode == 0, done.stderr[-3000:]
 
-    runs = offline_runs(sweep, "[0-9]*/wandb/offline-run-*")
+    runs = offline_runs(sweep, "*/wandb/offline-run-*")
     names = sorted(run.name for run in runs)
     assert names == ["fpn-seed0-fold1", "fpn-seed0-fold2", "unet-seed0-fold1", "unet-seed0-fold2"]
     assert len({run.id for run in runs}) == 4 and len({run.group for run in runs}) == 1
@@ -297,13 +297,18 @@ def test_overhead_benchmark_times_both_loggers_and_attributes_wandb_seconds(tmp_
 def online(monkeypatch, tmp_path):
     """W&B online with a key, talking to `url` on this machine only: never W&B's servers."""
 
+    import wandb
+
     def to(url: str) -> None:
         monkeypatch.delenv("WANDB_MODE", raising=False)
         monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
         monkeypatch.setenv("WANDB_BASE_URL", url)
         monkeypatch.setenv("WANDB_INIT_TIMEOUT", "20")
+        wandb.teardown()  # wandb keeps the settings of its first run in this process (offline)
 
-    return to
+    yield to
+    finish_wandb()
+    wandb.teardown()  # the next test's runs start from the environment restored
 
 
 @pytest.fixture
@@ -360,11 +365,8 @@ def test_no_network_fails_at_once_and_says_what_to_do(smoke_cfg, online):
 
 def test_an_invalid_key_is_named_with_the_fix(smoke_cfg, online, refusing_server):
     online(refusing_server)
-    try:
-        with pytest.raises(WANDB_FAILURE, match=r"W&B refused the API key") as failure:
-            start_logger(smoke_cfg)
-    finally:
-        finish_wandb()
+    with pytest.raises(WANDB_FAILURE, match=r"W&B refused the API key") as failure:
+        start_logger(smoke_cfg)
     assert "wandb login --relogin" in str(failure.value)
     assert "WANDB_MODE=offline" in str(failure.value)
 
