@@ -397,15 +397,17 @@ def _objective(cfg: DictConfig, trainer: pl.Trainer) -> dict[str, Any] | None:
 
 
 def recorded_objective(record: dict[str, Any], metric: str | None) -> float | None:
-    """The objective `metric` of a run's record (`val/dice`: its best val Dice); a ValueError
-    when the run recorded another one."""
+    """The objective `metric` of a run's record (`val/dice`: its best val Dice), None for a run
+    that did not fit (fit=false); a ValueError when the run recorded another objective."""
     if metric is None:
         return None
-    objective = record.get("objective") or {}
-    if objective.get("metric") == metric:
-        return objective.get("value")
-    if metric == "val/dice" and "objective" not in record:  # written before objectives
-        return record.get("best_val_dice")
+    if "objective" not in record:  # written before objectives were recorded
+        if metric == "val/dice":
+            return record.get("best_val_dice")
+        raise ValueError(f"the run recorded no objective {metric}: run the sweep elsewhere")
+    objective = record["objective"]
+    if objective is None or objective.get("metric") == metric:
+        return None if objective is None else objective.get("value")
     raise ValueError(
         f"the run recorded the objective {objective.get('metric')!r}, not optimized_metric="
         f"{metric}: run the sweep with optimized_metric={objective.get('metric')}, or elsewhere"

@@ -364,6 +364,8 @@ def test_the_objective_is_the_best_validation_score_never_a_test_metric(smoke_cf
     assert value == record["best_val_dice"] == pytest.approx(epochs["val/dice"].max())
     assert record["objective"] == {"metric": "val/dice", "value": value}
     assert value != record["test"]["dice"]  # what was returned before
+    tested = ["fit=false", f"ckpt_path={record['best_checkpoint']}"]
+    assert _main_in_hydra(smoke_cfg(*tested, run="tested")) is None  # nothing was optimised
 
     # Another validation metric: the checkpoint that is tested and the objective follow it.
     loss = [
