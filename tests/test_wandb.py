@@ -257,7 +257,7 @@ def test_fold_sweep_gives_distinct_runs_and_one_report_run(tmp_path):
         )
         assert done.returncode == 0, done.stderr[-3000:]
 
-    runs = offline_runs(sweep, "*/wandb/offline-run-*")
+    runs = offline_runs(sweep, "*-seed*/wandb/offline-run-*")  # the jobs, not report/
     names = sorted(run.name for run in runs)
     assert names == ["fpn-seed0-fold1", "fpn-seed0-fold2", "unet-seed0-fold1", "unet-seed0-fold2"]
     assert len({run.id for run in runs}) == 4 and len({run.group for run in runs}) == 1
