@@ -35,6 +35,7 @@ format: $(INSTALLED)  ## Fix style with ruff
 	$(PYTHON) -m ruff format brainseg tests benchmarks
 
 smoke: $(INSTALLED)  ## Two models x two seeds on synthetic data, end to end (about a minute)
+	rm -rf multirun/smoke  # a check from scratch: a sweep run again keeps its finished jobs
 	$(PYTHON) -m brainseg.train -m experiment=smoke model=unet,fpn seed=0,1 hydra.sweep.dir=multirun/smoke
 
 sweep: $(INSTALLED)  ## The study's sweep: both models x 5 seeds, 80 epochs at 256x256 (a GPU job)

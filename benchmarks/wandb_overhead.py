@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-# What brainseg.wandb_media.WandbMedia logs, as its summary names them (media/<key>_s).
+# What brainseg.tracking.media.WandbMedia logs, as its summary names them (media/<key>_s).
 MEDIA = ("val_slices", "test_media")
 VARIANTS = {
     "csv": ["logger=csv"],
@@ -111,15 +111,16 @@ def child(args: argparse.Namespace, variant: str) -> dict[str, Any]:
     from pytorch_lightning.loggers import WandbLogger
 
     import brainseg.train
-    import brainseg.wandb_media
-    from brainseg import tracking
     from brainseg.config import compose
+    from brainseg.tracking import media as wandb_media
+    from brainseg.tracking import run as tracking
 
     watch = Stopwatch()
-    watch.wrap(brainseg.train, "wandb_logger", "start")  # import wandb, init, config
+    watch.wrap(tracking, "wandb_logger", "start")  # import wandb, init (the logger's _target_)
+    watch.wrap(WandbLogger, "log_hyperparams", "start")  # the run's configuration, once
     watch.wrap(WandbLogger, "log_metrics", "log_metrics")  # every logged step and epoch
     watch.wrap(brainseg.train, "log_run_summary", "summary")  # FLOPs included
-    media = brainseg.wandb_media.WandbMedia
+    media = wandb_media.WandbMedia
     watch.wrap(media, "on_validation_epoch_end", "media_val_slices")
     watch.wrap(media, "on_test_end", "media_test")
     cfg = compose(overrides(args, variant, Path(args.child)))

@@ -9,6 +9,7 @@ from pathlib import Path
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 # Shipped inside the package (brainseg/conf, also reachable as conf/ at the repository's top).
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -29,6 +30,73 @@ def compose(
             overrides=list(overrides or []),
             return_hydra_config=return_hydra_config,
         )
+
+
+# Whole-number settings: key -> (smallest value, whether null is allowed).
+_INTEGER_SETTINGS = {
+    "seed": (None, False),
+    "data.split_seed": (None, False),
+    "data.image_size": (1, False),
+    "data.batch_size": (1, False),
+    "data.eval_batch_size": (1, True),  # null: the training batch size
+    "data.num_workers": (0, False),
+    "data.fold": (None, True),  # its range: the data module's check
+    "trainer.max_epochs": (-1, False),  # -1: Lightning's "no limit"
+}
+_BOOLEAN_SETTINGS = ("fit", "test", "pretrained")
+
+
+def declared_keys() -> set[str]:
+    """The top-level settings of brainseg.train: the keys `train.yaml` declares and its config
+    groups (whose `@package _global_` files may only fill keys declared there)."""
+    primary = OmegaConf.load(CONF_DIR / "train.yaml")
+    keys = {str(key) for key in primary if key != "defaults"}
+    for entry in primary.get("defaults") or []:
+        if isinstance(entry, DictConfig):
+            keys.update(str(group).split()[-1] for group in entry)  # "optional debug" -> debug
+    return keys | {"hydra"}
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Refuses, naming the key and the fix, settings that do not fit their type (`seed=1.5`,
+    `seed=abc`, `data.eval_batch_size=0`, `fit=maybe`) and top-level keys that nothing reads
+    (`+foo=1`): cheap checks, made before any data is cached."""
+    unknown = sorted(set(cfg) - declared_keys())
+    if unknown:
+        raise ValueError(
+            f"{', '.join(f'{key}={cfg.get(key)!r}' for key in unknown)}: no such setting, nothing "
+            "would read it; check the spelling and where it belongs (e.g. +trainer.<arg>=... for "
+            "a Lightning Trainer argument). A new top-level setting is declared in "
+            "brainseg/conf/train.yaml"
+        )
+    for key, (minimum, nullable) in _INTEGER_SETTINGS.items():
+        value = _select(cfg, key)
+        if value is _ABSENT or (value is None and nullable):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(
+                f"{key}={value!r} must be a whole number{'' if not nullable else ' or null'}, "
+                f"e.g. {key}={max(minimum or 0, 1)}"
+            )
+        if minimum is not None and value < minimum:
+            at_least = "a positive number" if minimum == 1 else f"{minimum} or more"
+            raise ValueError(f"{key}={value} must be {at_least}")
+    for key in _BOOLEAN_SETTINGS:
+        value = _select(cfg, key)
+        if value is not _ABSENT and not isinstance(value, bool):
+            raise ValueError(f"{key}={value!r} must be true or false")
+
+
+_ABSENT = object()
+
+
+def _select(cfg: DictConfig, key: str):
+    """The resolved value of `key`, or _ABSENT when it is not set (or cannot be resolved here:
+    resolving errors name their own key)."""
+    try:
+        return OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
+    except OmegaConfBaseException:
+        return _ABSENT
 
 
 def gpu_of_job(job_num: int) -> list[int]:
@@ -149,3 +217,6 @@ OmegaConf.register_new_resolver("gpu_of_job", gpu_of_job, replace=True)
 OmegaConf.register_new_resolver("brainseg.precision", resolve_precision, replace=True)
 OmegaConf.register_new_resolver("brainseg.data_home", data_home, replace=True)
 OmegaConf.register_new_resolver("brainseg.output_home", output_home, replace=True)
+
+# The job folder resolvers (hydra.sweep.subdir, hydra.output_subdir) live with the run directory.
+import brainseg.rundir  # noqa: E402, F401

@@ -37,6 +37,7 @@ EXECUTION_KEYS = (
     "runtime",  # precision policy, compile, layout: `trainer.precision` holds what ran
     "trust_checkpoint",
     "offline",
+    "weights_dir",
     "optimized_metric",
     "data.root",
     "data.source.root",

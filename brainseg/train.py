@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -22,8 +23,9 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from brainseg.config import CONF_DIR, prepare_run_config  # also registers the resolvers
+from brainseg.config import CONF_DIR, check_settings, prepare_run_config  # registers resolvers
 from brainseg.identity import content_hash, hash_test_set, is_execution_key, run_settings
+from brainseg.rundir import EarlierRunError, earlier_run, finished_record
 from brainseg.summary import run_line
 
 # torch, Lightning and W&B are imported where they are used, after Hydra composed the
@@ -63,24 +65,28 @@ def git_commit() -> str | None:
     return f"{commit}-dirty" if dirty else commit
 
 
+def instantiate_group(group: DictConfig | None) -> list[Any]:
+    """The objects of a config group of named entries (`logger`, `callbacks`), in order; an
+    entry set to null is switched off."""
+    return [instantiate(entry) for entry in (group or {}).values() if entry]
+
+
 def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
-    """A CSV log in every run (`csv/metrics.csv`), plus the configured loggers."""
+    """A CSV log in every run (`csv/metrics.csv`), plus the configured loggers, which receive
+    the run's configuration once."""
     from pytorch_lightning.loggers import CSVLogger
     from pytorch_lightning.utilities import rank_zero_only
-
-    from brainseg.tracking import wandb_logger
 
     previous = output_dir / "csv" / "metrics.csv"
     if previous.is_file() and rank_zero_only.rank == 0:
         # Lightning's CSV logger deletes an existing log: keep a resumed run's earlier epochs.
         previous.rename(previous.with_name(f"metrics-{time.strftime('%Y%m%d-%H%M%S')}.csv"))
-    loggers: list[Logger] = [CSVLogger(save_dir=output_dir, name="", version="csv")]
-    for name, logger_cfg in (cfg.get("logger") or {}).items():
-        if name == "wandb":
-            loggers.append(wandb_logger(cfg, logger_cfg))
-        else:
-            loggers.append(instantiate(logger_cfg))
-    return loggers
+    configured = instantiate_group(cfg.get("logger"))
+    if configured:
+        config = OmegaConf.to_container(cfg, resolve=True)
+        for logger in configured:
+            logger.log_hyperparams(config)
+    return [CSVLogger(save_dir=output_dir, name="", version="csv"), *configured]
 
 
 def build_trainer(
@@ -89,8 +95,7 @@ def build_trainer(
     from brainseg.callbacks import AtomicCheckpointIO
 
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    callbacks += [clock] if clock else []
+    callbacks = instantiate_group(cfg.get("callbacks")) + ([clock] if clock else [])
     return instantiate(
         trainer_cfg,
         logger=loggers or False,
@@ -210,10 +215,17 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
     """Fits the configured network, tests its best checkpoint and writes the run's records.
 
     Writes into `cfg.paths.output_dir`: `metrics.json`, `per_image.csv`, `split.csv`,
-    `checkpoints/{best,last}.ckpt` and `csv/metrics.csv` (per-epoch log). Runs whose settings
-    stop short of full training (fast_dev_run, limited batches, ...) are recorded with status
-    "debug", not "ok". With `fit=false` only tests `ckpt_path`'s network, configured by
-    `config_of_checkpoint` (`overrides`: the command line's, which win over the checkpoint).
+    `checkpoints/{best,last}.ckpt` and `csv/metrics.csv` (per-epoch log). The record's status
+    is "ok" only for a fully trained run tested on slices with a tumor: "debug" for runs whose
+    settings stop short of full training (fast_dev_run, limited batches, ...), "no_test" and
+    "no_tumor_test" for runs without a test set, or whose test set has no tumor, "interrupted"
+    for a run cut by SIGTERM or Ctrl-C (which then exits with 128 + the signal's number).
+    With `fit=false` only tests `ckpt_path`'s network, configured by `config_of_checkpoint`
+    (`overrides`: the command line's, which win over the checkpoint).
+
+    A fitting run without `ckpt_path` whose directory holds an earlier run continues it (see
+    `brainseg.rundir.earlier_run`): returns a finished run's record untouched, resumes a cut
+    one from its last checkpoint, and refuses anything else.
 
     Returns:
         The content of `metrics.json`.
@@ -225,14 +237,29 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
     from brainseg.callbacks import WallClock
     from brainseg.models.input_size import check_image_size
     from brainseg.module import build_module, read_checkpoint
-    from brainseg.tracking import log_run_summary
+    from brainseg.tracking.run import log_run_summary
 
+    # Every check that needs no data before any data is cached or downloaded.
+    check_settings(cfg)
+    check_objective(cfg)
     clock = WallClock()
     commit = git_commit()
-    # Every check that needs no data before any data is cached or downloaded.
+    fit = cfg.get("fit", True)
+    if fit and not cfg.get("ckpt_path"):
+        earlier = earlier_run(cfg)
+        if isinstance(earlier, dict):
+            return earlier
+        if earlier is not None:
+            cfg = cfg.copy()
+            with open_dict(cfg):
+                cfg.ckpt_path = str(earlier)
+    elif not fit and finished_record(Path(cfg.paths.output_dir)) is not None:
+        raise EarlierRunError(
+            f"{cfg.paths.output_dir} holds a finished run: test elsewhere (another hydra.run.dir)"
+        )
     trust = bool(cfg.get("trust_checkpoint", False))
     checkpoint = read_checkpoint(cfg.ckpt_path, trust=trust) if cfg.get("ckpt_path") else None
-    if not cfg.get("fit", True):
+    if not fit:
         if checkpoint is None:
             raise ValueError(
                 "fit=false tests a trained network: give ckpt_path=<run_dir>/checkpoints/best.ckpt"
@@ -250,32 +277,43 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
     datamodule = instantiate(cfg.data)
     module = build_module(cfg)
     check_image_size(datamodule.image_size, getattr(module.net, "multiple", 1), cfg.model.name)
-    trainer = build_trainer(cfg, build_loggers(cfg, output_dir), clock)
+    loggers = build_loggers(cfg, output_dir)
+    trainer = build_trainer(cfg, loggers, clock)
 
-    if cfg.get("fit", True):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    else:
-        best = str(cfg.ckpt_path)
-    if trainer.is_global_zero:
-        datamodule.write_split(output_dir / "split.csv")
-
-    results: dict[str, Any] = {}
-    if cfg.get("test", True):
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
-        results = {
-            key.removeprefix("test/"): float(value)
-            for key, value in trainer.callback_metrics.items()
-            if key.startswith("test/")
-        }
-        if getattr(module, "inference_path", None):  # which batch-1 path inference_ms timed
-            results["inference_path"] = module.inference_path
-    debug = debug_reason(cfg.trainer, fit=cfg.get("fit", True))
-    if debug is None and cfg.get("fit", True) and trainer.current_epoch < trainer.max_epochs:
+    try:
+        if fit:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            checkpoints = trainer.checkpoint_callback
+            best = checkpoints.best_model_path if checkpoints else ""
+        else:
+            best = str(cfg.ckpt_path)
+        if trainer.is_global_zero:
+            datamodule.write_split(output_dir / "split.csv")
+        results: dict[str, Any] = {}
+        test_slices = datamodule.subset_sizes()["test"]
+        if cfg.get("test", True) and test_slices:
+            trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
+            results = {
+                key.removeprefix("test/"): float(value)
+                for key, value in trainer.callback_metrics.items()
+                if key.startswith("test/")
+            }
+            if getattr(module, "inference_path", None):  # which batch-1 path inference_ms timed
+                results["inference_path"] = module.inference_path
+    except SystemExit as stop:  # Lightning's SIGTERMException, and its exit on Ctrl-C
+        signal_number = _interrupting_signal(stop)
+        if signal_number is None:
+            raise
+        _record_interruption(cfg, trainer, output_dir, signal_number, clock, commit)
+        raise RunInterrupted(128 + signal_number) from stop
+    debug = debug_reason(cfg.trainer, fit=fit)
+    if debug is None and fit and trainer.current_epoch < trainer.max_epochs:
         debug = f"stopped after {trainer.current_epoch} of {trainer.max_epochs} epochs"
+    status, reason = _status(cfg, datamodule, test_slices, debug)
     record = {
-        # Only "ok" runs are results: the report leaves the others out unless asked.
-        "status": "ok" if debug is None else "debug",
+        # Only "ok" runs are results: the report lists the others with the reason.
+        "status": status,
+        "reason": reason,
         "debug": debug,
         "model": cfg.model.get("name"),
         "seed": int(cfg.seed),
@@ -283,7 +321,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
         "split": datamodule.split_mode,  # patient or image: what was used, never auto
         "image_size": cfg.data.get("image_size"),
         "params": sum(p.numel() for p in module.net.parameters()),
-        "epochs": trainer.current_epoch if cfg.get("fit", True) else None,
+        "epochs": trainer.current_epoch if fit else None,
         "trainer_precision": str(trainer.precision),
         "device": _device_name(trainer.strategy.root_device),
         "wall_time_s": clock.elapsed(),  # a resumed run's earlier part included
@@ -292,6 +330,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
         "best_val_dice": _float_or_none(
             getattr(trainer.checkpoint_callback, "best_model_score", None)
         ),
+        # What a sweeper optimises: a validation value, never a test one (see `objective`).
+        "objective": _objective(cfg, trainer) if fit else None,
         "test": results,
         # What the run is and what it was tested on: the report groups and pairs runs by these.
         "settings": resolved_settings(cfg),
@@ -320,7 +360,7 @@ def resolved_settings(cfg: DictConfig) -> dict[str, Any]:
 
 def protocol(cfg: DictConfig, datamodule: Any, commit: str | None) -> dict[str, Any]:
     """The run's protocol fingerprint: what it was tested on, and how it was trained."""
-    from brainseg.tracking import experiment_preset
+    from brainseg.tracking.run import experiment_preset
 
     data, test = datamodule.data, datamodule.subsets == "test"
     return {
@@ -336,6 +376,127 @@ def protocol(cfg: DictConfig, datamodule: Any, commit: str | None) -> dict[str, 
         "max_epochs": cfg.trainer.get("max_epochs"),
         "code": commit,
     }
+
+
+class RunInterrupted(SystemExit):
+    """A run cut by a signal: the process exits with 128 + the signal's number (143 for
+    SIGTERM, 130 for Ctrl-C), as a shell reports a process the signal ended."""
+
+
+def _interrupting_signal(stop: SystemExit) -> int | None:
+    """The signal behind Lightning's exit, or None for any other SystemExit."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    if isinstance(stop, SIGTERMException):
+        return signal.SIGTERM
+    if isinstance(stop.__context__, KeyboardInterrupt):  # Lightning's sys.exit(1) on Ctrl-C
+        return signal.SIGINT
+    return None
+
+
+def _record_interruption(
+    cfg: DictConfig,
+    trainer: pl.Trainer,
+    output_dir: Path,
+    signal_number: int,
+    clock: WallClock,
+    commit: str | None,
+) -> None:
+    reason = (
+        f"{signal.Signals(signal_number).name} during {_stage(trainer)}, epoch "
+        f"{trainer.current_epoch}; run it again into {output_dir} (the same sweep command, or "
+        f"hydra.run.dir={output_dir}) to resume from checkpoints/last.ckpt"
+    )
+    from brainseg.atomic import write_json
+
+    log.error("interrupted: %s", reason)
+    if trainer.is_global_zero:
+        record = {
+            "status": "interrupted",
+            "reason": reason,
+            "model": cfg.model.get("name"),
+            "seed": int(cfg.seed),
+            "fold": cfg.data.get("fold"),
+            "epochs": trainer.current_epoch,
+            "wall_time_s": clock.elapsed(),
+            "git_commit": commit,
+        }
+        write_json(output_dir / "metrics.json", record)
+
+
+def _stage(trainer: pl.Trainer) -> str:
+    # Lightning has reset `state.stage` by now; `state.fn` still says what was running.
+    return trainer.state.fn.value if trainer.state.fn else "the run"
+
+
+def _status(
+    cfg: DictConfig, datamodule: Any, test_slices: int, debug: str | None
+) -> tuple[str, str | None]:
+    """(status, why it is not "ok") of a run that ended: a run without a test set, or whose
+    test set has no tumor, is no result whatever its training (a network that predicts nothing
+    scores Dice 1 on tumor-free slices)."""
+    if not cfg.get("test", True):
+        return "no_test", "test=false: the run was not tested"
+    if not test_slices:
+        return "no_test", f"the test set is empty (data.fractions={list(cfg.data.fractions)})"
+    if not datamodule.tumor_slices("test"):
+        return "no_tumor_test", (
+            f"none of the {test_slices} test slices has a tumor: Dice, precision, recall and "
+            "lesion recall only count false positives there"
+        )
+    if debug is not None:
+        return "debug", f"no full training ({debug})"
+    return "ok", None
+
+
+def check_objective(cfg: DictConfig) -> None:
+    """`optimized_metric` must be a validation metric that a checkpoint callback monitors: its
+    best score is the objective, and that callback's best checkpoint is the one tested."""
+    metric = cfg.get("optimized_metric")
+    if metric is None:
+        return
+    if not str(metric).startswith("val/"):
+        raise ValueError(
+            f"optimized_metric={metric!r}: a sweeper optimises a validation metric (val/...), "
+            "never a test or training one; e.g. optimized_metric=val/dice"
+        )
+    monitors = {
+        c.get("monitor")
+        for c in (cfg.get("callbacks") or {}).values()
+        if c and str(c.get("_target_", "")).endswith("ModelCheckpoint") and c.get("monitor")
+    }
+    if metric not in monitors:
+        raise ValueError(
+            f"optimized_metric={metric} is monitored by no checkpoint callback (monitored: "
+            f"{', '.join(sorted(monitors)) or 'none'}): set callbacks.best_checkpoint.monitor="
+            f"{metric} (and its mode), which also chooses the checkpoint that is tested"
+        )
+
+
+def _objective(cfg: DictConfig, trainer: pl.Trainer) -> dict[str, Any] | None:
+    metric = cfg.get("optimized_metric")
+    if metric is None:
+        return None
+    callback = next(c for c in trainer.checkpoint_callbacks if c.monitor == metric)
+    return {"metric": metric, "value": _float_or_none(callback.best_model_score)}
+
+
+def recorded_objective(record: dict[str, Any], metric: str | None) -> float | None:
+    """The objective `metric` of a run's record (`val/dice`: its best val Dice), None for a run
+    that did not fit (fit=false); a ValueError when the run recorded another objective."""
+    if metric is None:
+        return None
+    if "objective" not in record:  # written before objectives were recorded
+        if metric == "val/dice":
+            return record.get("best_val_dice")
+        raise ValueError(f"the run recorded no objective {metric}: run the sweep elsewhere")
+    objective = record["objective"]
+    if objective is None or objective.get("metric") == metric:
+        return None if objective is None else objective.get("value")
+    raise ValueError(
+        f"the run recorded the objective {objective.get('metric')!r}, not optimized_metric="
+        f"{metric}: run the sweep with optimized_metric={objective.get('metric')}, or elsewhere"
+    )
 
 
 def _device_name(device: torch.device) -> str:
@@ -369,12 +530,14 @@ def _end_distributed(env_before: dict[str, str | None]) -> None:
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from brainseg.quiet import mute_known_warnings
-    from brainseg.tracking import finish_wandb
+    from brainseg.tracking.run import finish_wandb
 
     mute_known_warnings()
     env_before = {key: os.environ.get(key) for key in _DDP_ENV}
     try:
         record = train(cfg, HydraConfig.get().overrides.task)
+    except EarlierRunError:
+        raise  # about a run that is not this one's to record
     except BaseException:
         error_file = Path(cfg.paths.output_dir) / "error.txt"
         error_file.parent.mkdir(parents=True, exist_ok=True)
@@ -384,7 +547,8 @@ def main(cfg: DictConfig) -> float | None:
         finish_wandb()
         _end_distributed(env_before)
     print(run_line(record, Path(cfg.paths.output_dir).resolve()), flush=True)
-    return record["test"].get("dice")
+    # The sweeper's objective: a validation value (`optimized_metric`), never a test metric.
+    return recorded_objective(record, cfg.get("optimized_metric"))
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ def make_sweep(
     tumor_free: int = 0,
     settings: dict | None = None,
     test_set: str | None = None,
+    named: bool = False,
 ) -> Path:
     """A sweep `model=... seed=...` (and `data.fold=...` with `folds`: each fold tests other
     slices and patients) under `root`; returns `root`. `missing`, `failed` and `debug` (runs
@@ -48,7 +49,9 @@ def make_sweep(
     The last `tumor_free` slices of each test set have no tumor; the runs then record
     dice_tumor, empty_correct and fp_lesions_per_empty, as brainseg.train does. With `settings`
     (what the runs are, beside the model) and `test_set` (the hash of their test slices), the runs
-    record both in metrics.json as brainseg.train does; without, they are older records."""
+    record both in metrics.json as brainseg.train does; without, they are older records. Job
+    folders are numbered 0..N, as Hydra's default names them, or `named` as brainseg names them
+    now (`unet-seed0`, `fpn-seed1-fold2`)."""
     root.mkdir(parents=True, exist_ok=True)
     logger = {"wandb": {"project": "brainseg-test", "entity": None}} if wandb else {}
     task = [f"model={','.join(models)}", f"seed={','.join(map(str, seeds))}"]
@@ -59,7 +62,10 @@ def make_sweep(
         {
             "hydra": {
                 "overrides": {"task": task},
-                "sweep": {"dir": str(root), "subdir": "${hydra.job.num}"},
+                "sweep": {
+                    "dir": str(root),
+                    "subdir": "${brainseg.job_name:}" if named else "${hydra.job.num}",
+                },
             },
             "seed": 0,
             "model": {"name": models[0]},
@@ -71,7 +77,8 @@ def make_sweep(
         key = (model, seed) if fold is None else (model, seed, fold)
         if key in missing:
             continue
-        job = root / str(num)
+        fold_part = "" if fold is None else f"-fold{fold}"
+        job = root / (f"{model}-seed{seed}{fold_part}" if named else str(num))
         overrides = [f"model={model}", f"seed={seed}"]
         overrides += [] if fold is None else [f"data.fold={fold}"]
         _yaml(

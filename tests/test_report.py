@@ -336,3 +336,49 @@ def test_a_metric_fewer_runs_recorded_shows_its_own_n(tmp_path):
     assert table.loc["inference_ms", "unet_n"] == 2 and table.loc["dice", "unet_n"] == 3
     row = next(line for line in table_md.splitlines() if line.startswith("| Inference"))
     assert "(n=2)" in row.split("|")[2]
+
+
+def test_named_job_folders_read_as_the_numbered_ones(tmp_path):
+    numbered = load_sweep(make_sweep(tmp_path / "numbered", missing=[("fpn", 1)]))
+    named = load_sweep(make_sweep(tmp_path / "named", missing=[("fpn", 1)], named=True))
+    assert sorted(run.job_dir.name for run in named.runs if run.job_dir) == [
+        "fpn-seed0",
+        "unet-seed0",
+        "unet-seed1",
+    ]
+
+    def summary(sweep):
+        return sorted((r.status, r.name, r.test.get("dice")) for r in sweep.runs)
+
+    assert summary(named) == summary(numbered)
+    assert [r.name for r in named.problems] == ["fpn seed=1"]  # expected, never started
+
+
+@pytest.mark.parametrize(
+    "status, reason",
+    [
+        ("no_tumor_test", "none of the 30 test slices has a tumor"),
+        ("no_test", "the test set is empty (data.fractions=[0.8, 0.2, 0.0])"),
+        ("interrupted", "SIGTERM during fit, epoch 1"),
+    ],
+)
+def test_runs_that_are_no_result_are_listed_with_the_reason_never_averaged(
+    tmp_path, status, reason
+):
+    sweep = make_sweep(tmp_path / "sweep", seeds=(0, 1, 2), named=True)
+    path = sweep / "unet-seed1" / "metrics.json"
+    # What brainseg.train writes for such a run; its per_image.csv stays (a tumor-free test set
+    # scores Dice 1 for a network that predicts nothing), and must still be left out.
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"status": status, "reason": reason}))
+    loaded = load_sweep(sweep)
+    (run,) = [r for r in loaded.runs if r.job_dir.name == "unet-seed1"]
+    assert run.status == status and run.error == reason
+    assert run not in loaded.ok and run not in loaded.used and run in loaded.problems
+    build_report(loaded, wandb=False, qualitative=False)
+    text = (sweep / "report" / "table.md").read_text()
+    assert f"{status.upper()}: unet seed=1" in text and reason in text
+    assert "unet (n=2)" in text
+    table = pd.read_csv(sweep / "report" / "table.csv", index_col="metric")
+    records = _job_records(sweep)
+    kept = [r["test"]["dice"] for r in records if r["model"] == "unet" and r["seed"] != 1]
+    assert table.loc["dice", "unet_mean"] == pytest.approx(np.mean(kept))

@@ -41,7 +41,7 @@ def test_an_archived_sweep_keeps_its_records_but_no_checkpoints_or_machine_paths
     files = load_benchmark("archive_sweep").archive(sweep, dest)
 
     names = {f.relative_to(dest).as_posix() for f in files}
-    for job in ("0", "1", "2", "3"):
+    for job in ("unet-seed0", "unet-seed1", "fpn-seed0", "fpn-seed1"):
         assert {f"{job}/metrics.json", f"{job}/per_image.csv", f"{job}/csv/metrics.csv"} <= names
         assert f"{job}/.hydra/config.yaml" in names
         metrics = json.loads((dest / job / "metrics.json").read_text())
@@ -66,7 +66,7 @@ def test_runs_started_one_by_one_and_a_resumed_runs_earlier_epochs_are_archived(
     runs = tmp_path / "runs"
     shutil.copytree(sweep, runs, ignore=shutil.ignore_patterns("report"))
     (runs / "multirun.yaml").unlink()
-    log = runs / "0" / "csv" / "metrics.csv"
+    log = runs / "unet-seed0" / "csv" / "metrics.csv"
     lines = log.read_text().splitlines(keepends=True)
     cut = len(lines) // 2
     log.with_name("metrics-20260101-000000.csv").write_text("".join(lines[:cut]))
@@ -75,7 +75,8 @@ def test_runs_started_one_by_one_and_a_resumed_runs_earlier_epochs_are_archived(
     dest = tmp_path / "archive"
     files = load_benchmark("archive_sweep").archive(runs, dest)
     names = {f.relative_to(dest).as_posix() for f in files}
-    assert {"0/csv/metrics-20260101-000000.csv", "0/csv/metrics.csv", "3/metrics.json"} <= names
+    cut_log = "unet-seed0/csv/metrics-20260101-000000.csv"
+    assert {cut_log, "unet-seed0/csv/metrics.csv", "fpn-seed1/metrics.json"} <= names
     assert "multirun.yaml" not in names
     # Every job's curve, the cut one's included, is the one the sweep logged.
     for before, after in zip(load_sweep(sweep).runs, load_sweep(dest).runs, strict=True):

@@ -14,9 +14,11 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
+from brainseg.data.splits import split_fingerprint
 from brainseg.train import train
 
 from .conftest import compose_config
@@ -50,13 +52,16 @@ def run_in_process(base: Path, run: str, augment_on: str, *overrides: str) -> di
     return train(compose_config(smoke(base, run, augment_on, *overrides) + output))
 
 
-def run_killable(base: Path, run: str, augment_on: str, *overrides: str, kill: dict) -> int:
-    """The run as `python -m brainseg.train` in a process that SIGKILLs itself at `kill`."""
+def run_killable(
+    base: Path, run: str, augment_on: str, *overrides: str, kill: dict, expect: int = -9
+) -> int:
+    """The run as `python -m brainseg.train` in a process that SIGKILLs itself at `kill` (or
+    is sent the signal `kill` names, and then exits with `expect`)."""
     command = [sys.executable, "-m", "tests.faults", "brainseg.train"]
     command += smoke(base, run, augment_on, *overrides) + [f"hydra.run.dir={base / run}"]
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore", **kill}
     done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
-    if done.returncode not in (0, -9):
+    if done.returncode not in (0, expect):
         pytest.fail(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
     return done.returncode
 
@@ -219,3 +224,40 @@ def test_a_report_killed_while_writing_is_written_whole_by_the_next_run(tmp_path
     assert not list(sweep.rglob("*.tmp"))
     for name in ("table.csv", "table.md", "stats.csv", "stats.md"):
         assert filecmp.cmp(sweep / "report" / name, reference / "report" / name, shallow=False)
+
+
+def test_the_split_fingerprint_is_the_assignment_alone():
+    ids, subsets = ["1", "2", "10"], ["train", "val", "test"]
+    fingerprint = split_fingerprint(ids, subsets)
+    assert len(fingerprint) == 64
+    assert split_fingerprint(ids[::-1], subsets[::-1]) == fingerprint  # order does not matter
+    assert split_fingerprint(ids, ["train", "test", "val"]) != fingerprint
+    assert split_fingerprint(["1", "2", "11"], subsets) != fingerprint
+
+
+def test_resuming_on_another_split_is_refused_testing_on_it_is_not(tmp_path):
+    run_in_process(tmp_path, "cut", "loader", "trainer.max_epochs=1", *workers(0))
+    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    split = pd.read_csv(tmp_path / "cut" / "split.csv", dtype={"id": str})
+    assert saved["BrainTumorDataModule"]["split_fingerprint"] == split_fingerprint(
+        split["id"], split["subset"]
+    )
+    with pytest.raises(ValueError, match=r"trained on another split.*data\.split_seed"):
+        run_in_process(tmp_path, "cut", "loader", f"ckpt_path={last}", "data.split_seed=7")
+    # Testing the network on another split is a deliberate choice, and allowed.
+    record = run_in_process(
+        tmp_path, "other split", "loader", "fit=false", f"ckpt_path={last}", "data.split_seed=7"
+    )
+    assert record["test"] and record["epochs"] is None
+
+
+def test_sigterm_records_the_run_as_interrupted_and_exits_non_zero(tmp_path):
+    # Lightning stops a run on SIGTERM with a SystemExit that exits 0: a scheduler would see
+    # success. Cut in the second epoch, the run has a last.ckpt to resume from.
+    term = {"BRAINSEG_TERM_AT_BATCH": "1:1"}
+    assert run_killable(tmp_path, "cut", "loader", kill=term, expect=143) == 143
+    record = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert record["status"] == "interrupted"
+    assert record["reason"].startswith("SIGTERM during fit, epoch 1")
+    assert (tmp_path / "cut" / "checkpoints" / "last.ckpt").is_file()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -260,7 +261,7 @@ def test_wandb_offline_run_writes_its_files_under_the_run_dir(smoke_cfg, monkeyp
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = smoke_cfg("logger=wandb", "trainer.max_epochs=1")
     train(cfg)
-    from brainseg.tracking import finish_wandb
+    from brainseg.tracking.run import finish_wandb
 
     finish_wandb()
     runs = list((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*"))
@@ -298,3 +299,102 @@ def test_compiled_and_plain_modules_save_the_same_keys():
     ).state_dict()
     assert set(plain) == set(compiled)
     assert all(key.startswith(("net.", "loss.")) for key in plain), sorted(plain)[:5]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("seed=1.5", r"seed=1\.5 must be a whole number"),
+        ("seed=abc", r"seed='abc' must be a whole number"),
+        ("data.eval_batch_size=0", r"data\.eval_batch_size=0 must be a positive number"),
+        ("data.split_seed=true", r"data\.split_seed=True must be a whole number"),
+        ("fit=maybe", r"fit='maybe' must be true or false"),
+        ("+foo=1", r"foo=1: no such setting, nothing would read it"),
+    ],
+)
+def test_settings_that_do_not_fit_their_type_name_the_key(smoke_cfg, tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        train(smoke_cfg(override))
+    assert not (tmp_path / "data").exists()  # refused before any data work
+
+
+def test_an_eval_batch_size_of_zero_is_no_synonym_of_null():
+    from brainseg.data import BrainTumorDataModule
+    from brainseg.data.synthetic import SyntheticSource
+
+    source = SyntheticSource(num_slices=8, num_patients=4, size=32)
+    assert BrainTumorDataModule(source, batch_size=4).eval_batch_size == 4
+    with pytest.raises(ValueError, match=r"data\.eval_batch_size=0 must be a positive"):
+        BrainTumorDataModule(source, batch_size=4, eval_batch_size=0)
+
+
+@pytest.mark.parametrize(
+    "overrides, status, reason",
+    [
+        (["data.fractions=[0.8,0.2,0.0]"], "no_test", r"the test set is empty"),
+        (["test=false"], "no_test", r"test=false"),
+        # Fold 2 of 20 one-slice patients is slices 1, 6, 11 and 16: all tumor-free.
+        (
+            ["data.source.num_slices=20", "data.source.num_patients=20", "data.fold=2"],
+            "no_tumor_test",
+            r"none of the 4 test slices has a tumor",
+        ),
+    ],
+)
+def test_a_run_without_a_test_set_or_tumor_in_it_is_not_ok(smoke_cfg, overrides, status, reason):
+    cfg = smoke_cfg("trainer.max_epochs=1", *overrides)
+    record = train(cfg)
+    written = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert written["status"] == record["status"] == status
+    assert re.search(reason, written["reason"])
+    if status == "no_test":
+        assert written["test"] == {}
+        assert not (Path(cfg.paths.output_dir) / "per_image.csv").exists()
+
+
+def test_the_objective_is_the_best_validation_score_never_a_test_metric(smoke_cfg, tmp_path):
+    cfg = compose_config(
+        [
+            "experiment=smoke",
+            "trainer.max_epochs=3",
+            f"paths.output_dir={tmp_path / 'run'}",
+            f"paths.data_dir={tmp_path / 'data'}",
+        ],
+    )
+    value = _main_in_hydra(cfg)
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    epochs = pd.read_csv(tmp_path / "run" / "csv" / "metrics.csv")
+    assert value == record["best_val_dice"] == pytest.approx(epochs["val/dice"].max())
+    assert record["objective"] == {"metric": "val/dice", "value": value}
+    assert value != record["test"]["dice"]  # what was returned before
+    tested = ["fit=false", f"ckpt_path={record['best_checkpoint']}"]
+    assert _main_in_hydra(smoke_cfg(*tested, run="tested")) is None  # nothing was optimised
+
+    # Another validation metric: the checkpoint that is tested and the objective follow it.
+    loss = [
+        "optimized_metric=val/loss",
+        "callbacks.best_checkpoint.monitor=val/loss",
+        "callbacks.best_checkpoint.mode=min",
+    ]
+    record = train(smoke_cfg("trainer.max_epochs=3", *loss, run="loss"))
+    epochs = pd.read_csv(tmp_path / "loss" / "csv" / "metrics.csv")
+    assert record["objective"]["value"] == pytest.approx(epochs["val/loss"].min())
+    with pytest.raises(ValueError, match=r"optimized_metric='test/dice': .* never a test"):
+        train(smoke_cfg("optimized_metric=test/dice"))
+    with pytest.raises(ValueError, match=r"callbacks\.best_checkpoint\.monitor=val/loss"):
+        train(smoke_cfg("optimized_metric=val/loss"))
+
+
+def _main_in_hydra(cfg) -> float | None:
+    """What `python -m brainseg.train` returns to its sweeper for `cfg`."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from brainseg.config import compose
+    from brainseg.train import main
+
+    hydra_cfg = compose(["experiment=smoke", "paths.output_dir=unused"], return_hydra_config=True)
+    HydraConfig.instance().set_config(hydra_cfg)
+    try:
+        return main(cfg)  # Hydra's decorator runs a given config as it is
+    finally:
+        HydraConfig.instance().cfg = None

@@ -13,12 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
+from hydra.errors import InstantiationException
 
 from brainseg.report import build_report
 from brainseg.report.__main__ import main as report_main
 from brainseg.report.collect import load_sweep
-from brainseg.report.wandb_log import DASHBOARD_FILE, load_dashboard, report_run_id
-from brainseg.tracking import RUN_ID_FILE, finish_wandb, run_id, run_tags
+from brainseg.tracking.dashboard import DASHBOARD_FILE, load_dashboard, report_run_id
+from brainseg.tracking.dashboard import main as dashboard_main
+from brainseg.tracking.run import RUN_ID_FILE, finish_wandb, run_id, run_tags
 from brainseg.train import train
 
 from .conftest import REPO_ROOT, load_benchmark
@@ -160,9 +162,12 @@ def test_a_run_is_named_tagged_summarised_and_shows_its_slices(smoke_cfg):
 
 
 def test_only_a_network_with_a_backbone_is_tagged_pretrained(smoke_cfg):
-    assert "pretrained" in run_tags(smoke_cfg("model=fpn", "pretrained=true"))
-    assert "scratch" in run_tags(smoke_cfg("model=fpn", "pretrained=false"))
-    assert "scratch" in run_tags(smoke_cfg("model=unet", "pretrained=true"))  # nothing to load
+    def tags(*overrides: str) -> list[str]:
+        return run_tags(wandb_smoke(smoke_cfg, *overrides).logger.wandb.identity)
+
+    assert "pretrained" in tags("model=fpn", "pretrained=true")
+    assert "scratch" in tags("model=fpn", "pretrained=false")
+    assert "scratch" in tags("model=unet", "pretrained=true")  # nothing to load
 
 
 def test_a_resumed_run_continues_its_wandb_run(smoke_cfg):
@@ -188,8 +193,8 @@ def test_a_run_id_is_reused_only_when_resuming(tmp_path):
 
 
 def test_media_callback_does_nothing_without_a_wandb_logger(smoke_cfg):
-    media = "+callbacks.wandb_media._target_=brainseg.wandb_media.WandbMedia"
-    cfg = smoke_cfg("logger=csv", media, "+callbacks.wandb_media.every_n_epochs=1")
+    cfg = smoke_cfg("logger=csv", "callbacks.wandb_media.every_n_epochs=1")
+    assert cfg.callbacks.wandb_media._target_ == "brainseg.tracking.media.WandbMedia"
     record = train(cfg)
     assert record["status"] == "ok"
     assert not (Path(cfg.paths.output_dir) / "wandb").exists()
@@ -210,7 +215,7 @@ def test_reports_update_one_report_run_and_write_the_dashboard(tmp_path, capsys)
 
     printed = capsys.readouterr().out
     definition = sweep / "report" / DASHBOARD_FILE
-    assert f"python -m brainseg.report.wandb_log {definition} --entity" in printed
+    assert f"python -m brainseg.tracking.dashboard {definition} --entity" in printed
     assert (sweep / "report" / "wandb_dashboard.png").stat().st_size > 0
     workspace = load_dashboard(definition, entity="someone")
     assert workspace.entity == "someone" and workspace.project == "brainseg-test"
@@ -252,7 +257,7 @@ def test_fold_sweep_gives_distinct_runs_and_one_report_run(tmp_path):
         )
         assert done.returncode == 0, done.stderr[-3000:]
 
-    runs = offline_runs(sweep, "[0-9]*/wandb/offline-run-*")
+    runs = offline_runs(sweep, "*-seed*/wandb/offline-run-*")  # the jobs, not report/
     names = sorted(run.name for run in runs)
     assert names == ["fpn-seed0-fold1", "fpn-seed0-fold2", "unet-seed0-fold1", "unet-seed0-fold2"]
     assert len({run.id for run in runs}) == 4 and len({run.group for run in runs}) == 1
@@ -286,3 +291,100 @@ def test_overhead_benchmark_times_both_loggers_and_attributes_wandb_seconds(tmp_
     assert 0 < wandb_row["wandb_share_of_run"] < 1
     assert wandb_row["media_val_slices_s_per_call"] > 0
     assert wandb_row["media_test_media_s_per_call"] > 0
+
+
+@pytest.fixture
+def online(monkeypatch, tmp_path):
+    """W&B online with a key, talking to `url` on this machine only: never W&B's servers."""
+
+    import wandb
+
+    def to(url: str) -> None:
+        monkeypatch.delenv("WANDB_MODE", raising=False)
+        monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
+        monkeypatch.setenv("WANDB_BASE_URL", url)
+        monkeypatch.setenv("WANDB_INIT_TIMEOUT", "20")
+        wandb.teardown()  # wandb keeps the settings of its first run in this process (offline)
+
+    yield to
+    finish_wandb()
+    wandb.teardown()  # the next test's runs start from the environment restored
+
+
+@pytest.fixture
+def refusing_server():
+    """A local HTTP server that answers 401 (an invalid API key) to every request."""
+    import http.server
+    import threading
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            self.send_response(401)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"errors": [{"message": "user is not logged in"}]}')
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]  # free once closed: nothing listens there
+
+
+# The logger's error, as Hydra's instantiate passes it on (its message kept).
+WANDB_FAILURE = (RuntimeError, InstantiationException)
+
+
+def start_logger(smoke_cfg):
+    from hydra.utils import instantiate
+
+    return instantiate(wandb_smoke(smoke_cfg, "trainer.max_epochs=1").logger.wandb)
+
+
+def test_no_network_fails_at_once_and_says_what_to_do(smoke_cfg, online):
+    online(f"http://127.0.0.1:{closed_port()}")
+    started = time.monotonic()
+    with pytest.raises(WANDB_FAILURE, match=r"cannot be reached") as failure:
+        start_logger(smoke_cfg)
+    assert "WANDB_MODE=offline" in str(failure.value) and "logger=csv" in str(failure.value)
+    assert time.monotonic() - started < 30  # not wandb's own ~100 s of retries
+
+
+def test_an_invalid_key_is_named_with_the_fix(smoke_cfg, online, refusing_server):
+    online(refusing_server)
+    with pytest.raises(WANDB_FAILURE, match=r"W&B refused the API key") as failure:
+        start_logger(smoke_cfg)
+    assert "wandb login --relogin" in str(failure.value)
+    assert "WANDB_MODE=offline" in str(failure.value)
+
+
+def test_publishing_a_dashboard_without_a_key_says_so_without_a_traceback(
+    tmp_path, monkeypatch, capsys
+):
+    sweep = make_sweep(tmp_path / "sweep", wandb=True)
+    assert report_main([str(sweep), "--dashboard", "--no-qualitative", "--resamples", "20"]) == 0
+    capsys.readouterr()
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
+    definition = sweep / "report" / DASHBOARD_FILE
+    assert dashboard_main([str(definition), "--entity", "someone"]) == 2
+    err = capsys.readouterr().err
+    assert "no W&B API key" in err and "wandb login" in err and "Traceback" not in err
+    # With a key but no network: the cause, not wandb's traceback.
+    monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
+    assert dashboard_main([str(definition), "--entity", "someone"]) == 1
+    assert "cannot be reached" in capsys.readouterr().err

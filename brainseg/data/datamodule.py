@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from pytorch_lightning.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset
 
 from brainseg.data.batch_augment import BatchAugment
@@ -26,6 +27,7 @@ from brainseg.data.splits import (
     check_fractions,
     make_split,
     resolve_mode,
+    split_fingerprint,
     write_split_csv,
 )
 from brainseg.data.transforms import (
@@ -146,7 +148,8 @@ class BrainTumorDataModule(pl.LightningDataModule):
         self.seed = int(seed)
         self.fold = fold
         self.batch_size = int(batch_size)
-        self.eval_batch_size = int(eval_batch_size or batch_size)
+        # null means the training batch size; 0 is an error below, not a synonym of null
+        self.eval_batch_size = int(batch_size if eval_batch_size is None else eval_batch_size)
         self.num_workers = int(num_workers)
         self.pin_memory = bool(pin_memory)
         self.persistent_workers = bool(persistent_workers)
@@ -355,6 +358,40 @@ class BrainTumorDataModule(pl.LightningDataModule):
         """Write split.csv (id, pid, subset, split = "patient" or "image") to `path`."""
         table = self.split_table()
         return write_split_csv(path, table["id"], table["pid"], table["subset"], self.split_mode)
+
+    def split_fingerprint(self) -> str:
+        """sha256 of the (slice id, subset) assignment (see `splits.split_fingerprint`)."""
+        if self.subsets is None:
+            self.setup()
+        return split_fingerprint(self.data.ids, self.subsets)
+
+    def tumor_slices(self, subset: str) -> int:
+        """Slices of `subset` with at least one tumor pixel."""
+        if self.subsets is None:
+            self.setup()
+        masks = self.data.masks[np.flatnonzero(self.subsets == subset)]
+        return int(masks.reshape(len(masks), -1).any(axis=1).sum())
+
+    def state_dict(self) -> dict[str, str]:
+        """Saved in every checkpoint: the split the network was trained on."""
+        return {"split_fingerprint": self.split_fingerprint()}
+
+    def load_state_dict(self, state_dict: dict[str, str]) -> None:
+        """Refuses to resume training on another split than the checkpoint's: its former
+        training slices could land in the test set. Testing a checkpoint (fit=false) on
+        another split or fold is allowed."""
+        saved = state_dict.get("split_fingerprint")
+        fitting = self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        if not fitting or saved is None or saved == self.split_fingerprint():
+            return
+        raise ValueError(
+            f"the checkpoint was trained on another split of the data (split fingerprint "
+            f"{saved[:12]}, this run's {self.split_fingerprint()[:12]}): resuming would put "
+            "slices it trained on into validation or test. Resume with the checkpoint's own "
+            "data settings (data.split_seed, data.fractions, data.fold, data.split and the "
+            "source, as in its run's .hydra/overrides.yaml); to test the network on another "
+            "split, use fit=false"
+        )
 
     def subset_sizes(self) -> dict[str, int]:
         """Slices per subset."""

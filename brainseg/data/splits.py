@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -172,6 +173,15 @@ def _fold_mask(fold: int, folds: Sequence[int] | None, n: int) -> np.ndarray:
     if fold not in set(folds.tolist()):
         raise ValueError(f"data.fold={fold} is not one of the folds {sorted(set(folds.tolist()))}")
     return folds == fold
+
+
+def split_fingerprint(ids: Sequence[str], subsets: Sequence[str]) -> str:
+    """sha256 (hex) of the sorted (slice id, subset) pairs: two splits have the same fingerprint
+    exactly when they put every slice in the same subset, whatever order the slices come in."""
+    digest = hashlib.sha256()
+    for sample_id, subset in sorted(zip(map(str, ids), map(str, subsets), strict=True)):
+        digest.update(f"{sample_id}\t{subset}\n".encode())
+    return digest.hexdigest()
 
 
 def write_split_csv(

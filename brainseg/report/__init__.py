@@ -112,7 +112,7 @@ def build_report(
     written.update({p.name: p for p in pictures if p is not None})
 
     if wandb if wandb is not None else sweep.wandb_config is not None:
-        from brainseg.report.wandb_log import log_report
+        from brainseg.tracking.dashboard import log_report
 
         run_dir = log_report(sweep, table, stats, [p for p in pictures if p], out)
         if run_dir:

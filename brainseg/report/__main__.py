@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
         )
         if args.dashboard:
-            from brainseg.report.wandb_log import write_dashboard
+            from brainseg.tracking.dashboard import write_dashboard
 
             dashboard = write_dashboard(sweep, sweep.report_dir)
             written.update({p.name: p for p in (dashboard["definition"], dashboard["layout"])})

@@ -37,6 +37,8 @@ MODEL_KEY = "model"
 # per_image.csv columns the report reads, and those that must hold a value on every row.
 PER_IMAGE_COLUMNS = ("id", "pid", "label", "dice")
 PER_IMAGE_FILLED = ("id", "label", "dice")
+# Statuses brainseg.train records for runs that are no result, listed with their reason.
+NOT_RESULTS = ("no_test", "no_tumor_test", "interrupted")
 
 
 class UnreadableFile(Exception):
@@ -49,7 +51,9 @@ class Run:
 
     Attributes:
         status: "ok" (metrics.json and per_image.csv readable), "debug" (a run without full
-            training, as its metrics.json says), "failed" (error.txt), "incomplete" (a job
+            training, as its metrics.json says), "no_test", "no_tumor_test" (no test set, or
+            one without a tumor) and "interrupted" (SIGTERM, Ctrl-C) as its metrics.json says,
+            "failed" (error.txt), "incomplete" (a job
             directory whose metrics.json or per_image.csv is missing or unreadable: still
             running, killed, or cut off while writing) or "missing" (no directory).
         variant: what the job compares: the model name, plus any other swept setting.
@@ -488,6 +492,8 @@ def _job_state(job_dir: Path) -> tuple[str, str, dict[str, Any], pd.DataFrame | 
             return "failed", _exception_line(error_txt.read_text(errors="replace")), {}, None
         return "incomplete", str(problem), {}, None
     status = str(metrics.get("status", "ok"))
+    if status in NOT_RESULTS:
+        return status, str(metrics.get("reason") or "reason not recorded"), metrics, None
     if status not in ("ok", "debug"):
         return "failed", f"metrics.json says status {status!r}", metrics, None
     why = ""

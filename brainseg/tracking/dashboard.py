@@ -1,7 +1,7 @@
 """The sweep in W&B: the report run in the sweep's group, and the comparison dashboard (a saved
 W&B workspace over the group's runs, built with `wandb-workspaces`).
 
-python -m brainseg.report.wandb_log <sweep>/report/wandb_dashboard.json --entity <entity>
+python -m brainseg.tracking.dashboard <sweep>/report/wandb_dashboard.json --entity <entity>
 publishes a dashboard definition that an offline report wrote.
 """
 
@@ -15,17 +15,20 @@ import os
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from brainseg.atomic import write_json
-from brainseg.report.collect import Sweep
+from brainseg.tracking.run import check_reachable, wandb_failure, wandb_has_credentials
+
+if TYPE_CHECKING:  # the report reads sweeps; W&B only takes what it found
+    import pandas as pd
+
+    from brainseg.report.collect import Sweep
 
 log = logging.getLogger(__name__)
 
 DASHBOARD_FILE = "wandb_dashboard.json"
-# What the training runs log (brainseg.module, brainseg.wandb_media, brainseg.tracking).
+# What the training runs log (brainseg.module, brainseg.tracking.media, brainseg.tracking.run).
 TEST_METRICS = ("test/dice", "test/precision", "test/recall", "test/lesion_recall")
 
 
@@ -208,7 +211,7 @@ def publish_command(sweep: Sweep, definition: Path) -> str:
     """What uploads the offline runs and then saves the dashboard over them."""
     return (
         f"wandb sync {sweep.root}/*/wandb/offline-run-* {sweep.root}/report/wandb/offline-run-* "
-        f"&& python -m brainseg.report.wandb_log {definition} --entity <entity>"
+        f"&& python -m brainseg.tracking.dashboard {definition} --entity <entity>"
     )
 
 
@@ -328,8 +331,6 @@ def _wandb_config(sweep: Sweep) -> dict[str, Any]:
 
 
 def _offline(logger_cfg: dict[str, Any]) -> bool:
-    from brainseg.tracking import wandb_has_credentials
-
     return (
         os.environ.get("WANDB_MODE") == "offline"
         or bool(logger_cfg.get("offline"))
@@ -344,13 +345,39 @@ def _plain(value: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m brainseg.report.wandb_log",
+        prog="python -m brainseg.tracking.dashboard",
         description="Save a dashboard definition (report/wandb_dashboard.json) to W&B.",
     )
     parser.add_argument("definition", type=Path, help=f"the {DASHBOARD_FILE} a report wrote")
     parser.add_argument("--entity", help="W&B user or team (default: the definition's, or yours)")
     args = parser.parse_args(argv)
-    print(publish_dashboard(args.definition, args.entity))
+    if not args.definition.is_file():
+        print(
+            f"error: {args.definition} does not exist: give the {DASHBOARD_FILE} that "
+            "`brainseg-report <sweep> --dashboard` wrote",
+            file=sys.stderr,
+        )
+        return 2
+    if not wandb_has_credentials():
+        print(
+            "error: no W&B API key found: run `wandb login` (or set WANDB_API_KEY), then "
+            "run this command again",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        check_reachable()
+        url = publish_dashboard(args.definition, args.entity)
+    except ValueError as error:  # the definition names no entity
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:  # from check_reachable, already worded
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except Exception as error:  # wandb's and its HTTP client's errors
+        print(f"error: {wandb_failure(error)}", file=sys.stderr)
+        return 1
+    print(url)
     return 0
 
 

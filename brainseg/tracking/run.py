@@ -1,5 +1,7 @@
-"""Experiment tracking with Weights & Biases: each training run's identity (name, tags, group,
-id kept across resumes), its summary, and the sweep's group."""
+"""A training run in Weights & Biases: its identity (name, tags, group, id kept across resumes),
+the logger that opens it (`wandb_logger`, the `_target_` of `conf/logger/wandb.yaml`), its
+summary, and failures that name their cause.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +9,25 @@ import copy
 import logging
 import os
 import secrets
+import socket
 import string
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from brainseg.atomic import write_text
 from brainseg.checkpoints import load_checkpoint_file
 from brainseg.config import uses_cuda
+from brainseg.rundir import run_name
 
 log = logging.getLogger(__name__)
 
@@ -48,25 +52,23 @@ def experiment_preset() -> str | None:
     return HydraConfig.get().runtime.choices.get("experiment")
 
 
-def run_name(cfg: DictConfig) -> str:
-    """`<model>-seed<s>`, plus `-fold<k>` with `data.fold`: unique within a sweep over those."""
-    name = f"{cfg.model.name}-seed{cfg.seed}"
-    fold = OmegaConf.select(cfg, "data.fold")
-    return name if fold is None else f"{name}-fold{fold}"
+def run_tags(identity: Mapping[str, Any]) -> list[str]:
+    """`key:value` tags to filter and group runs by in W&B, from the run's settings as they
+    will run on this machine (precision and device resolved).
 
-
-def run_tags(cfg: DictConfig) -> list[str]:
-    """`key:value` tags to filter and group runs by in W&B, from the configuration as it will
-    run on this machine (precision and device resolved)."""
-    fold = OmegaConf.select(cfg, "data.fold")
+    Args:
+        identity: model, seed, fold, precision, accelerator and pretrained (the model's own
+            switch), as `conf/logger/wandb.yaml` passes them.
+    """
+    fold = identity.get("fold")
     preset = experiment_preset()
     tags = [
-        f"model:{cfg.model.name}",
-        f"seed:{cfg.seed}",
-        f"precision:{OmegaConf.select(cfg, 'trainer.precision')}",
-        f"device:{_device_of(str(OmegaConf.select(cfg, 'trainer.accelerator') or 'auto'))}",
+        f"model:{identity['model']}",
+        f"seed:{identity['seed']}",
+        f"precision:{identity.get('precision')}",
+        f"device:{_device_of(str(identity.get('accelerator') or 'auto'))}",
         # the network's own switch: a U-Net has no backbone to initialise, whatever `pretrained`
-        "pretrained" if OmegaConf.select(cfg, "model.pretrained") else "scratch",
+        "pretrained" if identity.get("pretrained") else "scratch",
     ]
     if preset is not None:
         tags.insert(1, f"preset:{preset}")
@@ -101,31 +103,75 @@ def wandb_has_credentials() -> bool:
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
 
 
-def wandb_logger(cfg: DictConfig, logger_cfg: DictConfig) -> Logger:
+def wandb_logger(identity: Mapping[str, Any], **kwargs: Any) -> Logger:
     """The run's WandbLogger, named, tagged and grouped (see `run_name`, `run_tags`,
     `sweep_group`), continuing its W&B run when it resumes; offline (never prompting) when no
-    credentials are found. The run configuration is logged once, here."""
-    kwargs = OmegaConf.to_container(logger_cfg, resolve=True)
+    credentials are found. The W&B run is opened here, so that a failure names its cause.
+
+    Args:
+        identity: the run's model, seed, fold, precision, accelerator, pretrained, and
+            resume (its ckpt_path), as `conf/logger/wandb.yaml` passes them.
+        kwargs: WandbLogger's arguments; a null group, name or id is brainseg's.
+    """
     kwargs["group"] = kwargs.get("group") or sweep_group()
-    kwargs["name"] = kwargs.get("name") or run_name(cfg)
-    kwargs["tags"] = run_tags(cfg) + list(kwargs.get("tags") or [])
-    kwargs["id"] = run_id(Path(cfg.paths.output_dir), resume=bool(cfg.get("ckpt_path")))
+    kwargs["name"] = kwargs.get("name") or run_name(
+        identity["model"], identity["seed"], identity.get("fold")
+    )
+    kwargs["tags"] = run_tags(identity) + list(kwargs.get("tags") or [])
+    kwargs["id"] = run_id(Path(kwargs["save_dir"]), resume=bool(identity.get("resume")))
     kwargs["resume"] = "allow"
-    if (
-        not kwargs.get("offline")
-        and os.environ.get("WANDB_MODE") != "offline"
-        and not wandb_has_credentials()
-    ):
-        kwargs["offline"] = True
+    offline = kwargs.get("offline") or os.environ.get("WANDB_MODE") in ("offline", "disabled")
+    if not offline and not wandb_has_credentials():
+        kwargs["offline"] = offline = True
         log.warning(
             "W&B: no credentials (WANDB_API_KEY or `wandb login`) found, logging offline under "
             "%s/wandb; upload later with `wandb sync %s/wandb/offline-run-*`, or use logger=csv.",
-            cfg.paths.output_dir,
-            cfg.paths.output_dir,
+            kwargs["save_dir"],
+            kwargs["save_dir"],
         )
-    logger = instantiate({**kwargs, "_convert_": "all"})
-    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    if not offline and rank_zero_only.rank == 0:
+        check_reachable()
+    logger = WandbLogger(**kwargs)
+    try:
+        logger.experiment  # noqa: B018  (opens the W&B run: wandb.init)
+    except Exception as error:  # wandb's CommError, AuthenticationError, UsageError, ...
+        raise RuntimeError(wandb_failure(error)) from error
     return logger
+
+
+def base_url() -> str:
+    """The W&B server this process talks to (WANDB_BASE_URL, else W&B's cloud)."""
+    return os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+
+
+def check_reachable(timeout_s: float = 5.0) -> None:
+    """A RuntimeError, at once, when W&B's server cannot be reached: wandb itself retries for
+    about 100 s before it fails with `CommError ... context deadline exceeded`."""
+    url = urlsplit(base_url())
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout_s).close()
+    except OSError as error:
+        raise RuntimeError(wandb_failure(error)) from error
+
+
+def wandb_failure(error: BaseException) -> str:
+    """What went wrong with W&B, from its error, and what to do about it."""
+    text = f"{type(error).__name__}: {error}".strip().splitlines()[0]
+    lowered = text.lower()
+    offline = (
+        "or log offline with WANDB_MODE=offline (upload later with `wandb sync`), or without "
+        "W&B with logger=csv"
+    )
+    if any(s in lowered for s in ("not logged in", "401", "unauthorized", "api key", "403")):
+        return (
+            f"W&B refused the API key ({text}): run `wandb login --relogin`, or set "
+            f"WANDB_API_KEY to a valid key; {offline}"
+        )
+    network = ("connect", "timed out", "timeout", "deadline", "resolve", "unreachable", "refused")
+    if isinstance(error, OSError) or any(s in lowered for s in network):
+        return f"W&B's server {base_url()} cannot be reached ({text}): check the network; {offline}"
+    return f"W&B could not start the run ({text}); {offline}"
 
 
 def wandb_run_of(loggers: list[Logger]) -> Any | None:

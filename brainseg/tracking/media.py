@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from brainseg.data.sources import LABEL_NAMES
 from brainseg.inference import predict_logits
 from brainseg.metrics import logits_to_masks, per_image_stats
-from brainseg.tracking import wandb_run_of
+from brainseg.tracking.run import wandb_run_of
 
 log = logging.getLogger(__name__)
 
