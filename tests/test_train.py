@@ -192,7 +192,13 @@ def test_trainer_holds_only_lightning_arguments():
     cfg = compose_config(["paths.output_dir=unused"])
     accepted = set(inspect.signature(pl.Trainer.__init__).parameters)
     assert set(cfg.trainer) - {"_target_"} <= accepted
-    assert set(cfg.runtime) == {"precision", "compile", "channels_last", "matmul_precision"}
+    assert set(cfg.runtime) == {
+        "precision",
+        "compile",
+        "compile_mode",
+        "channels_last",
+        "matmul_precision",
+    }
     # runtime.precision=auto, resolved on this CPU
     assert cfg.trainer.precision == ("bf16-mixed" if cpu_has_bf16() else "32-true")
 
