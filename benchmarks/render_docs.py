@@ -144,7 +144,7 @@ samples/s and as a multiple of what the training loop consumes. Inference is bat
 MODELS_TEXT = """\
 `benchmarks/models.py`: forward + backward + AdamW on random data, our networks next to
 `segmentation_models_pytorch`'s `FPN(decoder_merge_policy="cat")` on the same ResNet, each pair
-alternating in one loop (`pip install -e ".[bench]"`). Our FPN is the study's: 3×3-smoothed
+alternating in one loop. Our FPN is the study's: 3×3-smoothed
 256-channel P2..P5 concatenated at H/4 (1024 channels) before the fusion, where smp reduces each
 level to 128 channels first. smp has no plain U-Net, so U-Net rows have no ratio."""
 
