@@ -92,6 +92,40 @@ def test_rebuilding_a_checkpoint_fetches_no_weights_whatever_the_config_says(nam
     assert offline == []
 
 
+@pytest.mark.parametrize("name", NETWORKS)
+def test_a_config_with_a_pretrained_switch_builds_a_network_that_loads_weights(name, monkeypatch):
+    model, _ = network_config(name, "smoke", ["pretrained=true"])
+    loads = []
+    monkeypatch.setattr(
+        SegmentationNetwork, "load_pretrained", lambda self, path=None: loads.append(path)
+    )
+    cls = type(build_network(model, load_pretrained=False))
+    monkeypatch.setattr(cls, "load_pretrained", lambda self, path=None: loads.append(path))
+    build_network(model)
+    if "pretrained" in model:  # the family has published weights: the switch must reach them
+        assert cls.pretrained_weights is not None and loads == [None], name
+    else:
+        assert cls.pretrained_weights is None and loads == [], name
+
+
+def test_the_study_fpn_gets_torchvisions_imagenet_resnet(monkeypatch):
+    state = marked_state(torchvision.models.resnet18(weights=None))
+    calls = []
+
+    def cached(self, *args, **kwargs):
+        calls.append(self)
+        return state
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", cached)
+    model, _ = network_config("fpn", "smoke", ["pretrained=true"])
+    net = build_network(model)
+    assert calls == [torchvision.models.ResNet18_Weights.DEFAULT]
+    assert torch.equal(
+        net.backbone.state_dict()["layer1.0.conv1.weight"], state["layer1.0.conv1.weight"]
+    )
+    assert net.input_stats == IMAGENET_STATS
+
+
 def test_pretrained_true_leaves_a_family_without_weights_as_it_is(offline):
     model, _ = network_config("monai_dynunet", "smoke", ["pretrained=true"])
     model.pretrained = True

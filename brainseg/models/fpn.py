@@ -74,6 +74,8 @@ class SemanticFPN(SegmentationNetwork):
         dropout: dropout probability in the head.
     """
 
+    pretrained_weights = "ImageNet ResNet (torchvision)"
+
     def __init__(
         self,
         backbone: str = "resnet50",
