@@ -85,7 +85,9 @@ def count_flops(net: nn.Module, size: int, in_channels: int | None = None) -> in
         size: the image side.
         in_channels: the input channels of a network that does not state them.
     """
-    channels = in_channels if in_channels is not None else getattr(net, "in_channels", None)
+    channels = in_channels
+    if channels is None and isinstance(net, SegmentationNetwork):
+        channels = net.in_channels
     if channels is None:
         raise ValueError(f"give in_channels: {type(net).__name__} does not state its own")
     copied = copy.deepcopy(net).cpu().float().eval()
