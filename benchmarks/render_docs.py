@@ -339,7 +339,8 @@ ZOO_TEXT = """\
 preset's sizes (`networks.<name>` of `conf/experiment/<preset>.yaml`, else the model config's
 defaults), as `brainseg-models list --preset <preset>` prints them. GFLOPs: one image at the
 preset's size, a multiply-add counts as 2. CPU ms: median batch-1 forward under inference mode
-after warm-up, at the machine's load below."""
+after warm-up, at the machine's load below; on a 2-core machine shared with other work they
+vary several-fold from run to run (compare the FLOPs, or rerun on an idle machine)."""
 
 
 def render_zoo(data: dict) -> Table:
