@@ -49,11 +49,11 @@ report: $(INSTALLED)  ## Table, statistics and figures of a sweep: make report S
 	@test -n "$(SWEEP)" || (echo "usage: make report SWEEP=multirun/<date>/<time>" && exit 2)
 	$(PYTHON) -m brainseg.report $(SWEEP)
 
-bench: $(INSTALLED)  ## CPU benchmarks (data pipeline, networks, throughput) into benchmarks/results/
-	$(PYTHON) -c "import segmentation_models_pytorch" 2>/dev/null || $(PYTHON) -m pip install -e ".[bench]"
+bench: $(INSTALLED)  ## CPU benchmarks (data pipeline, networks, the zoo, throughput) into benchmarks/results/
 	$(PYTHON) benchmarks/data_pipeline.py
 	$(PYTHON) benchmarks/models.py
+	$(PYTHON) benchmarks/zoo.py
 	$(PYTHON) benchmarks/throughput.py
 
-docs: $(INSTALLED)  ## Regenerate docs/benchmarks.md from benchmarks/results/*.json
+docs: $(INSTALLED)  ## Regenerate docs/benchmarks.md and docs/models.md from benchmarks/results/*.json
 	$(PYTHON) benchmarks/render_docs.py

@@ -40,7 +40,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from brainseg.atomic import write_json
 from brainseg.config import CONF_DIR, compose
-from brainseg.module import SegmentationModule, build_module, build_network, make_optimizer
+from brainseg.models import build_network, list_networks
+from brainseg.module import SegmentationModule, build_module, make_optimizer
 from brainseg.timing import machine_info, summarize, synchronize, time_forward
 from brainseg.train import build_trainer
 
@@ -59,7 +60,7 @@ FIGSHARE_SLICES = 3064  # the figshare set's (brainseg/data/figshare.py), which 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--models", nargs="+", default=["unet", "fpn"], choices=("unet", "fpn"))
+    p.add_argument("--models", nargs="+", default=["unet", "fpn"], choices=list_networks())
     p.add_argument("--preset", choices=PRESETS, help="default: study with cuda, else cpu")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="default: on cuda")
     p.add_argument("--compile-train", action="store_true", help="also runtime.compile=true")

@@ -37,21 +37,25 @@ def recipe_rows(sweeps: list[Path]) -> pd.DataFrame:
 
 def recipe(run: Run) -> dict:
     cfg = run.config
-    networks = cfg["networks"]
-    network = (
-        f"width {networks['unet']['base_width']}"
-        if run.model == "unet"
-        else str(networks["fpn"]["backbone"])
-    )
     return {
         "model": run.model,
-        "network": network,
+        "network": network_label((cfg.get("networks") or {}).get(run.model) or {}),
         "size": cfg["data"]["image_size"],
         "batch": cfg["data"]["batch_size"],
         "lr": float(cfg["optimizer"]["lr"]),
         "epochs": cfg["trainer"]["max_epochs"],
         "precision": run.metrics.get("trainer_precision"),
     }
+
+
+def network_label(sizes: dict) -> str:
+    """The leading size the preset gave a network, its first `networks.<model>` entry: a name
+    as it is (`resnet18`), a number after the key's last word (`width 16`); `defaults` when the
+    preset did not size it."""
+    if not sizes:
+        return "defaults"
+    key, value = next(iter(sizes.items()))
+    return value if isinstance(value, str) else f"{key.split('_')[-1]} {value}"
 
 
 def outcome(run: Run) -> dict:

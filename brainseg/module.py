@@ -26,6 +26,7 @@ from brainseg.metrics import (
     build_metrics,
     per_image_stats,
 )
+from brainseg.models.registry import build_network
 from brainseg.timing import CudaGraphForward, batch1_masks, choose_path, summarize, time_forward
 
 log = logging.getLogger(__name__)
@@ -347,22 +348,6 @@ def _gather_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     dist.all_gather_object(gathered, rows)
     unique = {row["id"]: row for part in gathered for row in part}
     return sorted(unique.values(), key=lambda row: natural_key(row["id"]))
-
-
-def build_network(
-    model_cfg: DictConfig | dict[str, Any], load_pretrained: bool = True
-) -> nn.Module:
-    """Instantiates the network of a resolved `model` config; `name` is a label, not an argument.
-
-    With `load_pretrained=False`, backbone weights are not fetched: the caller loads its own.
-    """
-    cfg = OmegaConf.create(model_cfg)
-    cfg.pop("name", None)
-    if not load_pretrained:
-        for key, value in (("pretrained", False), ("weights_path", None)):
-            if key in cfg:
-                cfg[key] = value
-    return instantiate(cfg)
 
 
 def build_module(

@@ -235,7 +235,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
 
     from brainseg.atomic import write_csv, write_json
     from brainseg.callbacks import WallClock
-    from brainseg.models.input_size import check_image_size
+    from brainseg.models import check_data_fits
     from brainseg.module import build_module, read_checkpoint
     from brainseg.tracking.run import log_run_summary
 
@@ -275,8 +275,12 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
     if "ddp" in str(cfg.trainer.get("strategy", "")):
         pin_ddp_workers_to_this_job()
     datamodule = instantiate(cfg.data)
-    module = build_module(cfg)
-    check_image_size(datamodule.image_size, getattr(module.net, "multiple", 1), cfg.model.name)
+    # A resumed or tested checkpoint brings its own weights: none are fetched for it.
+    module = build_module(cfg, load_pretrained=not cfg.get("ckpt_path"))
+    data = cfg.data
+    check_data_fits(
+        module.net, cfg.model.name, datamodule.image_size, data.in_channels, data.mean, data.std
+    )
     loggers = build_loggers(cfg, output_dir)
     trainer = build_trainer(cfg, loggers, clock)
 
@@ -321,6 +325,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
         "split": datamodule.split_mode,  # patient or image: what was used, never auto
         "image_size": cfg.data.get("image_size"),
         "params": sum(p.numel() for p in module.net.parameters()),
+        "flops": _flops_or_none(module.net, datamodule.image_size),
         "epochs": trainer.current_epoch if fit else None,
         "trainer_precision": str(trainer.precision),
         "device": _device_name(trainer.strategy.root_device),
@@ -503,6 +508,17 @@ def _device_name(device: torch.device) -> str:
     import torch
 
     return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
+def _flops_or_none(net: torch.nn.Module, size: int) -> int | None:
+    # Counted once the run is over: a network the counter cannot trace must not fail it.
+    from brainseg.models import count_flops
+
+    try:
+        return count_flops(net, size)
+    except Exception as error:  # whatever the traced operators raise
+        log.warning("FLOPs not counted (%s: %s)", type(error).__name__, error)
+        return None
 
 
 def _float_or_none(value: Any) -> float | None:

@@ -21,6 +21,8 @@ def test_generated_pages_equal_what_the_results_render_now():
     assert benchmarks == render_docs.render_benchmarks(), f"docs/benchmarks.md is stale: {fix}"
     scaling = (REPO_ROOT / "docs" / "scaling.md").read_text()
     assert scaling == render_docs.with_projection(scaling), f"docs/scaling.md is stale: {fix}"
+    models = (REPO_ROOT / "docs" / "models.md").read_text()
+    assert models == render_docs.render_models_page(), f"docs/models.md is stale: {fix}"
 
 
 def test_every_result_file_has_its_section_and_machine():

@@ -8,6 +8,7 @@ from torchvision.models._api import WeightsEnum
 
 from brainseg.models import SemanticFPN, UNet, check_input_size
 from brainseg.models.__main__ import main as list_models
+from brainseg.models.base import count_flops
 
 
 def tiny_unet(**kwargs) -> UNet:
@@ -235,10 +236,16 @@ def test_pretrained_uses_torchvision_weights_api(monkeypatch, resnet18_file):
 
 
 def test_list_models_prints_both(capsys):
-    rows = list_models(["--size", "64"])
+    rows = list_models(["list", "unet", "fpn", "--no-latency"])  # the study preset's sizes
     out = capsys.readouterr().out
     assert "unet" in out and "fpn" in out
     by_name = {r["name"]: r for r in rows}
     assert by_name["unet"]["class"] == "UNet" and by_name["fpn"]["class"] == "SemanticFPN"
-    assert by_name["unet"]["params_m"] == pytest.approx(unet_parameter_count(3, 64, 4) / 1e6)
-    assert all(r["gflops"] > 0 for r in rows)
+    assert by_name["unet"]["params"] == unet_parameter_count(3, 64, 4)
+    assert by_name["unet"]["flops"] == count_flops(UNet(base_width=64), 256)
+    assert all(r["flops"] > 0 and r["image_size"] == 256 for r in rows)
+
+
+def test_count_flops_counts_a_convolution_as_two_flops_per_multiply_add():
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    assert count_flops(conv, 16, in_channels=3) == 2 * (3 * 9) * 8 * 16 * 16

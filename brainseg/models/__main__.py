@@ -1,65 +1,98 @@
-"""List the configured models with their size: ``python -m brainseg.models``.
+"""Every network `model=<name>` accepts, with its cost: `brainseg-models list`.
 
-For every ``conf/model/*.yaml`` prints the parameter count and the GFLOPs of one forward pass
-of a 256x256 image. FLOPs come from ``torch.utils.flop_counter.FlopCounterMode``, which counts
-a multiply-add as 2 FLOPs (so GFLOPs = 2 x GMACs). Models are built with ``pretrained=false``
-(sizes do not depend on the weights) and ``data.in_channels=3``.
+For each `conf/model/*.yaml`, at a preset's size (`--preset`, its `data.image_size` and
+`networks` entry): parameters, FLOPs of one forward pass of one image (FlopCounterMode; a
+multiply-add counts as 2, so GFLOPs = 2 x GMACs) and the CPU batch-1 latency (median ms under
+inference mode after warm-up, at this process's torch threads). Networks are built randomly
+initialised: nothing is downloaded, and sizes do not depend on the weights.
+
+    brainseg-models list                       # the study preset: 256x256
+    brainseg-models list --preset cpu --json zoo.json
 """
+
+from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import torch
-from omegaconf import OmegaConf
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from brainseg.config import CONF_DIR, compose
-from brainseg.module import build_network
-
-
-def build(config_path: Path, in_channels: int = 3) -> tuple[str, nn.Module]:
-    """Instantiate the model of one ``conf/model`` file, at the study preset's size, without
-    downloading weights."""
-    cfg = compose(
-        [f"model={config_path.stem}", "pretrained=false", f"data.in_channels={in_channels}"]
-    )
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    return model.get("name", config_path.stem), build_network(model, load_pretrained=False)
+from brainseg.atomic import write_json
+from brainseg.models.base import count_flops
+from brainseg.models.registry import PRESETS, build_network, list_networks, network_config
+from brainseg.timing import summarize, time_forward
 
 
-def count_flops(model: nn.Module, in_channels: int = 3, size: int = 256) -> int:
-    """FLOPs of one forward pass at batch 1 (multiply-add = 2 FLOPs)."""
-    x = torch.zeros(1, in_channels, size, size)
-    model.eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x)
-    return counter.get_total_flops()
+def describe(
+    name: str,
+    preset: str = "study",
+    latency: bool = True,
+    warmup: int = 3,
+    iters: int = 10,
+    config_dirs: list[Path] | None = None,
+) -> dict[str, Any]:
+    """Network `name` at preset `preset`: its class, size, cost and published weights."""
+    model, size = network_config(name, preset, config_dirs=config_dirs or [])
+    net = build_network(model, load_pretrained=False).eval()
+    row = {
+        "name": name,
+        "class": type(net).__name__,
+        "preset": preset,
+        "image_size": size,
+        "params": sum(p.numel() for p in net.parameters()),
+        "flops": count_flops(net, size),
+        "multiple": net.multiple,
+        "pretrained_weights": net.pretrained_weights,
+        "cpu_ms": None,
+    }
+    if latency:
+        x = torch.randn(1, net.in_channels, size, size)
+        row["cpu_ms"] = summarize(time_forward(net, x, warmup=warmup, iters=iters))["median"]
+    return row
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    """Print one line per configured model; return the rows."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=256, help="square input size for GFLOPs")
-    parser.add_argument("--in-channels", type=int, default=3)
-    args = parser.parse_args(argv)
-    rows = []
-    for path in sorted((CONF_DIR / "model").glob("*.yaml")):
-        name, model = build(path, args.in_channels)
-        rows.append(
-            {
-                "name": name,
-                "class": type(model).__name__,
-                "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-                "gflops": count_flops(model, args.in_channels, args.size) / 1e9,
-            }
-        )
-    print(f"{'name':<10} {'class':<12} {'params (M)':>10} {f'GFLOPs @{args.size}²':>12}")
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The rows as aligned text, one network a line."""
+    lines = [f"{'name':<22} {'class':<24} {'params (M)':>10} {'GFLOPs':>8} {'CPU ms':>8}  weights"]
     for r in rows:
-        print(f"{r['name']:<10} {r['class']:<12} {r['params_m']:>10.2f} {r['gflops']:>12.1f}")
-    print("GFLOPs: FlopCounterMode FLOPs / 1e9, one image, a multiply-add counts as 2 FLOPs")
+        ms = "-" if r["cpu_ms"] is None else f"{r['cpu_ms']:.1f}"
+        lines.append(
+            f"{r['name']:<22} {r['class']:<24} {r['params'] / 1e6:>10.2f} "
+            f"{r['flops'] / 1e9:>8.2f} {ms:>8}  {r['pretrained_weights'] or '-'}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """`brainseg-models list`: prints one line per network; returns the rows."""
+    parser = argparse.ArgumentParser(prog="brainseg-models", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    listing = commands.add_parser("list", help="every network with params, FLOPs and latency")
+    listing.add_argument("names", nargs="*", help="these networks only (default: all)")
+    listing.add_argument("--preset", default="study", choices=PRESETS, help="sizes and image size")
+    listing.add_argument("--no-latency", action="store_true", help="skip the timing (faster)")
+    listing.add_argument("--iters", type=int, default=10, help="timed forward passes")
+    listing.add_argument("--json", type=Path, help="also write the rows to this file")
+    args = parser.parse_args(argv)
+    names = args.names or list_networks()
+    unknown = sorted(set(names) - set(list_networks()))
+    if unknown:
+        parser.error(f"unknown networks {unknown}; choose from {list_networks()}")
+    rows = [describe(name, args.preset, not args.no_latency, iters=args.iters) for name in names]
+    size = rows[0]["image_size"] if rows else "?"
+    print(f"preset {args.preset}: {size}x{size}, batch 1, {torch.get_num_threads()} CPU threads")
+    print(format_table(rows))
+    print("GFLOPs: one image, a multiply-add counts as 2; CPU ms: median batch-1 forward")
+    if args.json:
+        write_json(args.json, rows)
     return rows
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script: `main` without its return value (which would be the exit code)."""
     main()
+
+
+if __name__ == "__main__":
+    cli()

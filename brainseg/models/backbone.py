@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 import torchvision
 from torch import nn
+from torchvision.models import WeightsEnum
 from torchvision.models.feature_extraction import create_feature_extractor
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -60,13 +61,16 @@ def resnet_features(
     return features, [c5 // 8, c5 // 4, c5 // 2, c5]
 
 
-def download_imagenet_weights(name: str) -> dict[str, torch.Tensor]:
-    """Torchvision's default ImageNet weights for ``name``, from the hub cache or downloaded.
+def download_imagenet_weights(
+    name: str, weights: WeightsEnum | None = None
+) -> dict[str, torch.Tensor]:
+    """Torchvision's ImageNet weights of network ``name`` (its default ones unless ``weights``
+    names others), from the hub cache or downloaded.
 
     Raises:
         RuntimeError: when they are neither cached nor downloadable; it names both fixes.
     """
-    weights = torchvision.models.get_model_weights(name).DEFAULT
+    weights = weights or torchvision.models.get_model_weights(name).DEFAULT
     try:
         return weights.get_state_dict(progress=True, check_hash=True)
     except Exception as err:
@@ -80,10 +84,10 @@ def download_imagenet_weights(name: str) -> dict[str, torch.Tensor]:
 
 
 def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a ResNet state dict from ``path``.
+    """Read a state dict (a ResNet's, or another encoder's) from ``path``.
 
-    Accepts a plain state dict, a checkpoint holding one under ``"state_dict"`` or
-    ``"model"``, and keys carrying any of the prefixes in ``KEY_PREFIXES``.
+    Accepts a ``.safetensors`` file, a plain state dict, a checkpoint holding one under
+    ``"state_dict"`` or ``"model"``, and keys carrying any of the prefixes in ``KEY_PREFIXES``.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -91,7 +95,12 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
             f"weights file {path} does not exist; fix model.weights_path or set "
             "model.weights_path=null (with model.pretrained=true to download)"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    if path.suffix == ".safetensors":  # the form the Hugging Face hub serves (smp's weights)
+        from safetensors.torch import load_file
+
+        state = load_file(path, device="cpu")
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model"):
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]

@@ -8,7 +8,14 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 
-from brainseg.models.backbone import resnet_features
+from brainseg.models.backbone import (
+    adapt_first_conv,
+    download_imagenet_weights,
+    load_resnet_state,
+    load_weights_file,
+    resnet_features,
+)
+from brainseg.models.base import IMAGENET_STATS, SegmentationNetwork
 from brainseg.models.input_size import check_channels, check_input_size
 
 FUSES = ("conv1x1", "conv3x3x2")
@@ -53,41 +60,55 @@ class SemanticHead(nn.Module):
         return self.classifier(x)  # (B, 1, H/4, W/4)
 
 
-class SemanticFPN(nn.Module):
+class SemanticFPN(SegmentationNetwork):
     """ResNet backbone, FPN neck (P2..P5, no P6) and semantic head; returns logits (B, 1, H, W).
 
     Args:
         backbone: torchvision ResNet name (``resnet18/34/50/101/152``).
         in_channels: image channels (1 or 3).
-        pretrained: initialise the backbone with torchvision's ImageNet weights (downloaded
-            once into the torch hub cache); fails loudly when they cannot be had.
-        weights_path: a local torchvision ResNet state dict to load instead (see
-            ``brainseg.models.backbone.load_weights_file`` for the accepted layouts).
+        pretrained: load the backbone's ImageNet weights now (`load_pretrained`; the
+            framework calls it itself and leaves this off).
+        weights_path: a local torchvision ResNet state dict to load now instead.
         fpn_channels: channels of the lateral convs and of P2..P5.
         fuse: head fusion, ``"conv1x1"`` (default) or ``"conv3x3x2"``.
         dropout: dropout probability in the head.
     """
 
+    pretrained_weights = "ImageNet ResNet (torchvision)"
+
     def __init__(
         self,
         backbone: str = "resnet50",
         in_channels: int = 3,
-        pretrained: bool = True,
+        pretrained: bool = False,
         weights_path: str | Path | None = None,
         fpn_channels: int = 256,
         fuse: str = "conv1x1",
         dropout: float = 0.1,
     ) -> None:
-        super().__init__()
+        super().__init__(in_channels, multiple=32)  # the sides must divide by C5's stride
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout={dropout} must be in [0, 1)")
-        self.in_channels = in_channels
-        self.multiple = 32  # the input's sides must divide by C5's stride
-        self.backbone, channels = resnet_features(backbone, in_channels, pretrained, weights_path)
+        self.backbone_name = backbone
+        self.backbone, channels = resnet_features(backbone, in_channels, pretrained=False)
         # Lateral 1x1 convs, nearest top-down upsampling to the lateral's size, addition and a
         # 3x3 smoothing conv per level; extra_blocks=None leaves out P6.
         self.neck = FeaturePyramidNetwork(channels, fpn_channels, extra_blocks=None)
         self.head = SemanticHead(fpn_channels, fuse, dropout)
+        if pretrained or weights_path is not None:
+            self.load_pretrained(weights_path)
+
+    def load_pretrained(self, path: str | Path | None = None) -> None:
+        """torchvision's ImageNet weights of the ResNet (torch hub cache, else downloaded), or
+        the local ResNet state dict in `path` (see `backbone.load_weights_file` for the
+        accepted layouts); RGB kernels are fitted to `in_channels`."""
+        if path is None:
+            state = download_imagenet_weights(self.backbone_name)
+            source = f"torchvision {self.backbone_name} ImageNet weights"
+        else:
+            state, source = load_weights_file(path), str(path)
+        load_resnet_state(self.backbone, adapt_first_conv(state, self.in_channels), source)
+        self.input_stats = IMAGENET_STATS
 
     def pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
         """P2..P5, each ``fpn_channels`` wide, at strides 4, 8, 16 and 32."""

@@ -5,6 +5,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from brainseg.models.base import SegmentationNetwork
 from brainseg.models.input_size import check_channels, check_input_size
 
 DROPOUT_PLACES = ("encoder", "bridge", "decoder")
@@ -42,7 +43,7 @@ class Up(nn.Module):
         return self.conv(torch.cat([skip, x], dim=1))  # (B, C/2, 2h, 2w)
 
 
-class UNet(nn.Module):
+class UNet(SegmentationNetwork):
     """U-Net returning one logit per pixel.
 
     Encoder blocks have widths ``base_width * 2**i`` (64-128-256-512 by default), each followed
@@ -66,7 +67,7 @@ class UNet(nn.Module):
         dropout: float = 0.1,
         dropout_at: Sequence[str] = ("bridge", "decoder"),
     ) -> None:
-        super().__init__()
+        super().__init__(in_channels, multiple=max(32, 2**depth))
         dropout_at = tuple(dropout_at)
         unknown = set(dropout_at) - set(DROPOUT_PLACES)
         if unknown:
@@ -82,8 +83,6 @@ class UNet(nn.Module):
             return dropout if place in dropout_at else 0.0
 
         widths = [base_width * 2**i for i in range(depth + 1)]
-        self.in_channels = in_channels
-        self.multiple = max(32, 2**depth)
         self.encoder = nn.ModuleList(
             DoubleConv(c_in, c_out, p("encoder"))
             for c_in, c_out in zip([in_channels, *widths[:-2]], widths[:-1], strict=True)

@@ -5,7 +5,6 @@ summary, and failures that name their cause.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import secrets
@@ -190,14 +189,12 @@ def log_run_summary(trainer: pl.Trainer, record: dict[str, Any]) -> None:
     run = wandb_run_of(trainer.loggers)
     if run is None:
         return
-    config = trainer.lightning_module.hparams.get("config") or {}
-    in_channels = int((config.get("data") or {}).get("in_channels", 3))
     summary = {
         "best/val_dice": record.get("best_val_dice"),
         "best/epoch": _epoch_of(record.get("best_checkpoint")),
         **{f"test/{key}": value for key, value in (record.get("test") or {}).items()},
         "params": record.get("params"),
-        "flops": _flops_or_none(trainer.lightning_module.net, in_channels, record["image_size"]),
+        "flops": record.get("flops"),
         **{
             key: record.get(key)
             for key in (
@@ -215,23 +212,6 @@ def log_run_summary(trainer: pl.Trainer, record: dict[str, Any]) -> None:
         },
     }
     run.summary.update(summary)
-
-
-def network_flops(net: torch.nn.Module, in_channels: int, size: int) -> int:
-    """FLOPs of one forward pass of a `size`² image (multiply-add = 2), counted on a CPU copy
-    so the trained network keeps its device and mode."""
-    from brainseg.models.__main__ import count_flops
-
-    return count_flops(copy.deepcopy(net).cpu().float(), in_channels, size)
-
-
-def _flops_or_none(net: torch.nn.Module, in_channels: int, size: int) -> int | None:
-    # The run's records are written: a network the counter cannot trace must not fail the run.
-    try:
-        return network_flops(net, in_channels, size)
-    except Exception as error:  # whatever the traced operators raise
-        log.warning("W&B summary: FLOPs not counted (%s: %s)", type(error).__name__, error)
-        return None
 
 
 def _epoch_of(checkpoint: str | None) -> int | None:
