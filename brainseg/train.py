@@ -246,6 +246,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
             getattr(trainer.checkpoint_callback, "best_model_score", None)
         ),
         "test": results,
+        # The test set's reliability diagram (pixel counts per probability bin), for the report.
+        "reliability": getattr(module, "reliability", None),
         # What the run is and what it was tested on: the report groups and pairs runs by these.
         "settings": resolved_settings(cfg),
         "protocol": protocol(cfg, datamodule, commit),

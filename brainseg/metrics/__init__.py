@@ -45,6 +45,7 @@ counts label components on the GPU (``label_components(method="torch")``) and sy
 to test convergence every few propagation steps.
 """
 
+from brainseg.metrics.calibration import PixelCalibration
 from brainseg.metrics.collection import (
     EmptyCorrect,
     FalsePositiveLesionsPerEmpty,
@@ -54,10 +55,20 @@ from brainseg.metrics.collection import (
     PooledPrecision,
     PooledRecall,
     TumorDice,
-    build_empty_slice_metrics,
-    build_metrics,
 )
 from brainseg.metrics.components import label_components
+from brainseg.metrics.registry import (
+    METRICS,
+    Mean,
+    MetricSpec,
+    Ratio,
+    build_empty_slice_metrics,
+    build_metrics,
+    compute_columns,
+    register,
+    registered,
+    unregister,
+)
 from brainseg.metrics.scores import (
     lesion_counts,
     logits_to_masks,
@@ -67,20 +78,29 @@ from brainseg.metrics.scores import (
 )
 
 __all__ = [
+    "METRICS",
     "EmptyCorrect",
     "FalsePositiveLesionsPerEmpty",
     "LesionRecall",
+    "Mean",
+    "MetricSpec",
     "PerImageDice",
+    "PixelCalibration",
     "PooledDice",
     "PooledPrecision",
     "PooledRecall",
+    "Ratio",
     "TumorDice",
     "build_empty_slice_metrics",
     "build_metrics",
+    "compute_columns",
     "label_components",
     "lesion_counts",
     "logits_to_masks",
     "per_image_stats",
     "probabilities",
+    "register",
+    "registered",
     "to_masks",
+    "unregister",
 ]
