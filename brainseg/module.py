@@ -88,7 +88,8 @@ class SegmentationModule(pl.LightningModule):
         )
         # Metrics computed from per-image rows (no torchmetrics state): logged at epoch end.
         self.row_metrics = {
-            stage: [s for s in registry.specs(stage) if s.build is None] for stage in ("val", "test")
+            stage: [s for s in registry.specs(stage) if s.build is None]
+            for stage in ("val", "test")
         }
         self.val_rows: list[dict[str, Any]] = []
         self.reliability: dict[str, list[float]] | None = None  # the test set's, for metrics.json
@@ -174,7 +175,9 @@ class SegmentationModule(pl.LightningModule):
         if not rows or not self.row_metrics[stage]:
             return
         columns = {key: np.array([row[key] for row in rows]) for key in rows[0]}
-        values = {f"{stage}/{s.name}": registry.value_of(s, columns) for s in self.row_metrics[stage]}
+        values = {
+            f"{stage}/{s.name}": registry.value_of(s, columns) for s in self.row_metrics[stage]
+        }
         self.log_dict({k: v for k, v in values.items() if np.isfinite(v)}, prog_bar=False)
 
     def on_test_epoch_end(self) -> None:

@@ -8,7 +8,6 @@ from scipy import ndimage
 from torchmetrics.classification import BinaryF1Score
 from torchmetrics.utilities.data import dim_zero_sum
 
-from brainseg.metrics import registry
 from brainseg.metrics import (
     FalsePositiveLesionsPerEmpty,
     LesionRecall,
@@ -23,6 +22,7 @@ from brainseg.metrics import (
     logits_to_masks,
     per_image_stats,
     probabilities,
+    registry,
     to_masks,
 )
 

@@ -36,7 +36,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 
@@ -164,9 +163,13 @@ class MetricSpec:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"metric {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
+            raise ValueError(
+                f"metric {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}"
+            )
         if unknown := set(self.stages) - set(STAGES):
-            raise ValueError(f"metric {self.name!r}: unknown stages {sorted(unknown)}; use {STAGES}")
+            raise ValueError(
+                f"metric {self.name!r}: unknown stages {sorted(unknown)}; use {STAGES}"
+            )
         if self.stages and self.build is None and self.value is None:
             raise ValueError(
                 f"metric {self.name!r} is logged at {self.stages} but has neither `build` (a "

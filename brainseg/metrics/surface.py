@@ -70,7 +70,9 @@ def _one_image(pred: np.ndarray, truth: np.ndarray, tolerance: float, worst: flo
         edges_pred, edges_truth = get_mask_edges(pred, truth, crop=False)
         to_truth = np.asarray(get_surface_distance(edges_pred, edges_truth, "euclidean"))
         to_pred = np.asarray(get_surface_distance(edges_truth, edges_pred, "euclidean"))
-    hd95 = max(np.quantile(to_truth, HD_PERCENTILE / 100), np.quantile(to_pred, HD_PERCENTILE / 100))
+    hd95 = max(
+        np.quantile(to_truth, HD_PERCENTILE / 100), np.quantile(to_pred, HD_PERCENTILE / 100)
+    )
     both = np.concatenate([to_truth, to_pred])
     nsd = np.count_nonzero(both <= tolerance) / both.size
     return hd95, both.mean(), nsd
