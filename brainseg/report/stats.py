@@ -12,7 +12,7 @@ from scipy.stats import wilcoxon
 
 from brainseg.metrics import registry
 from brainseg.metrics.registry import MetricSpec
-from brainseg.report.strata import size_edges, subsets
+from brainseg.report.strata import row_metrics, size_edges, subsets
 
 
 def bootstrap_ratio(
@@ -98,8 +98,9 @@ def paired_stats(
     rows = []
     for a, b in combinations(per_image, 2) if pairs is None else pairs:
         paired = per_image[a].merge(per_image[b], on="id", suffixes=("_a", "_b"))
+        specs = row_metrics(per_image[a])
         for stratum, subset, frame in subsets(paired, edges, "label_a", "true_area_a"):
-            for spec in registry.row_metrics():
+            for spec in specs:
                 row = _compare(frame, spec, n_resamples, seed, level)
                 if row is not None:
                     rows.append(

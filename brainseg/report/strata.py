@@ -22,7 +22,8 @@ STRATA_COLUMNS = ["stratum", "subset", "metric", "variant", "value", "n_images"]
 
 def size_edges(per_image: dict[str, pd.DataFrame]) -> tuple[float, float] | None:
     """The 1/3 and 2/3 quantiles of the tumour area over the test slices (each slice once, tumour
-    slices only); None without tumour areas."""
+    slices only), rounded down to whole pixels (the same split of pixel counts); None without
+    tumour areas."""
     frames = [f[["id", "true_area"]] for f in per_image.values() if "true_area" in f]
     if not frames:
         return None
@@ -30,8 +31,15 @@ def size_edges(per_image: dict[str, pd.DataFrame]) -> tuple[float, float] | None
     areas = areas[areas > 0]
     if areas.size == 0:
         return None
-    low, high = np.quantile(areas, [1 / 3, 2 / 3])
+    low, high = np.floor(np.quantile(areas, [1 / 3, 2 / 3]))
     return float(low), float(high)
+
+
+def row_metrics(frame: pd.DataFrame) -> list:
+    """The registry's metrics computable from `frame`'s rows; the tumour-free-only ones only
+    when some slice is tumour-free, as in the table."""
+    tumor_free = "true_area" in frame and bool((frame["true_area"] == 0).any())
+    return [s for s in registry.row_metrics() if tumor_free or not s.tumor_free_only]
 
 
 def size_names(edges: tuple[float, float]) -> list[str]:
@@ -72,9 +80,10 @@ def strata_table(
     """One row per (stratum, subset, metric, variant): the metric over the subset's slices."""
     rows = []
     for variant, frame in per_image.items():
+        specs = row_metrics(frame)
         for stratum, subset, group in subsets(frame, edges):
             columns = {c: group[c].to_numpy() for c in group.columns}
-            for spec in registry.row_metrics():
+            for spec in specs:
                 value = registry.value_of(spec, columns)
                 if np.isfinite(value):
                     rows.append([stratum, subset, spec.name, variant, value, len(group)])
