@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
@@ -20,12 +21,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from brainseg.checkpoints import UntrustedCheckpointError, load_checkpoint_file
 from brainseg.config import resolve_channels_last
 from brainseg.data.sources import natural_key
-from brainseg.metrics import (
-    PerImageDice,
-    build_empty_slice_metrics,
-    build_metrics,
-    per_image_stats,
-)
+from brainseg.metrics import PerImageDice, registry
 from brainseg.models.registry import build_network
 from brainseg.timing import CudaGraphForward, batch1_masks, choose_path, summarize, time_forward
 
@@ -94,18 +90,26 @@ class SegmentationModule(pl.LightningModule):
 
         threshold = self.metric_args.get("threshold", 0.5)
         self.train_metrics = MetricCollection({"dice": PerImageDice(threshold)}, prefix="train/")
-        full = build_metrics(**self.metric_args)
-        self.val_metrics = full.clone(prefix="val/")
-        self.test_metrics = full.clone(prefix="test/")
+        # What each stage logs is declared in brainseg.metrics.registry.
+        self.val_metrics = registry.build_metrics(**self.metric_args, stage="val").clone("val/")
+        self.test_metrics = registry.build_metrics(**self.metric_args, stage="test").clone("test/")
         # Logged at epoch end, and only when the evaluated set has a tumor-free slice.
-        by_slice = build_empty_slice_metrics(
-            threshold,
-            self.metric_args.get("connectivity", 8),
-            self.metric_args.get("method", "auto"),
-        )
+        empty_args = {k: v for k, v in self.metric_args.items() if k != "min_overlap"}
         self.empty_slice_metrics = nn.ModuleDict(
-            {"val": by_slice.clone(prefix="val/"), "test": by_slice.clone(prefix="test/")}
+            {
+                stage: registry.build_empty_slice_metrics(**empty_args, stage=stage).clone(
+                    f"{stage}/"
+                )
+                for stage in ("val", "test")
+            }
         )
+        # Metrics computed from per-image rows (no torchmetrics state): logged at epoch end.
+        self.row_metrics = {
+            stage: [s for s in registry.specs(stage) if s.build is None]
+            for stage in ("val", "test")
+        }
+        self.val_rows: list[dict[str, Any]] = []
+        self.reliability: dict[str, list[float]] | None = None  # the test set's, for metrics.json
         # Evaluation losses as metrics: sums over every slice of every process, hence exact
         # under DDP (Lightning's sync_dist would average the processes' means).
         self.eval_losses = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
@@ -163,10 +167,17 @@ class SegmentationModule(pl.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._shared_step(batch, self.val_metrics, "val")
+        _, logits = self._shared_step(batch, self.val_metrics, "val")
+        if self.row_metrics["val"]:
+            self.val_rows += self._rows(batch, logits, "val")
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_rows = []
 
     def on_validation_epoch_end(self) -> None:
         self._log_empty_slice_metrics("val")
+        self._log_row_metrics("val", _gather_rows(self.val_rows))
+        self.val_rows = []
 
     def on_test_epoch_start(self) -> None:
         self.test_rows = []
@@ -177,17 +188,39 @@ class SegmentationModule(pl.LightningModule):
         _, logits = self._shared_step(batch, self.test_metrics, "test")
         if self._timing_batch is None:
             self._timing_batch = batch["image"].detach()
-        stats = per_image_stats(logits.detach(), batch["mask"], **self.metric_args)
-        stats = {key: value.cpu().tolist() for key, value in stats.items()}
+        self.test_rows += self._rows(batch, logits, "test")
+
+    def _rows(self, batch: dict[str, Any], logits: torch.Tensor, stage: str) -> list[dict]:
+        """The batch's per-image rows: id, pid, label and the registry's columns of `stage`."""
+        columns = registry.compute_columns(logits.detach(), batch["mask"], self.metric_args, stage)
+        columns = {key: value.cpu().tolist() for key, value in columns.items()}
         labels = batch["label"].cpu().tolist()
+        rows = []
         for i, (sample_id, pid) in enumerate(zip(batch["id"], batch["pid"], strict=True)):
             row = {"id": sample_id, "pid": pid, "label": labels[i]}
-            row.update({key: values[i] for key, values in stats.items()})
-            self.test_rows.append(row)
+            row.update({key: values[i] for key, values in columns.items()})
+            rows.append(row)
+        return rows
+
+    def _log_row_metrics(self, stage: str, rows: list[dict[str, Any]]) -> None:
+        """Logs the metrics declared without a torchmetrics Metric, from every process's rows
+        (gathered, so every process logs the same value)."""
+        if not rows or not self.row_metrics[stage]:
+            return
+        columns = {key: np.array([row[key] for row in rows]) for key in rows[0]}
+        values = {
+            f"{stage}/{s.name}": registry.value_of(s, columns) for s in self.row_metrics[stage]
+        }
+        self.log_dict({k: v for k, v in values.items() if np.isfinite(v)}, prog_bar=False)
 
     def on_test_epoch_end(self) -> None:
         self._log_empty_slice_metrics("test")
         self.test_rows = _gather_rows(self.test_rows)
+        self._log_row_metrics("test", self.test_rows)
+        if "ece" in self.test_metrics and self.test_metrics["ece"].update_called:
+            calibration = self.test_metrics["ece"]
+            with calibration.sync_context():  # every process's pixels
+                self.reliability = calibration.bins()
         if self._timing_batch is not None:
             for key, value in self.measure_inference(self._timing_batch).items():
                 self.log(f"test/{key}", value, sync_dist=True)

@@ -338,6 +338,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
         # What a sweeper optimises: a validation value, never a test one (see `objective`).
         "objective": _objective(cfg, trainer) if fit else None,
         "test": results,
+        # The test set's reliability diagram (pixel counts per probability bin), for the report.
+        "reliability": getattr(module, "reliability", None),
         # What the run is and what it was tested on: the report groups and pairs runs by these.
         "settings": resolved_settings(cfg),
         "protocol": protocol(cfg, datamodule, commit),

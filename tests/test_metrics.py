@@ -22,10 +22,11 @@ from brainseg.metrics import (
     logits_to_masks,
     per_image_stats,
     probabilities,
+    registry,
     to_masks,
 )
 
-KEYS = {"dice", "dice_pooled", "precision", "recall", "lesion_recall"}
+KEYS = {"dice", "dice_pooled", "precision", "recall", "lesion_recall", "ece"}
 
 
 def _blobs(rng: np.random.Generator, batch: int, size: int = 32, max_blobs: int = 5) -> np.ndarray:
@@ -247,14 +248,12 @@ def test_merging_states_equals_one_process():
         assert torch.allclose(merged[name], value), name
 
 
-def test_states_are_sums():
-    for metric in build_metrics().values():
-        assert metric.full_state_update is False and metric.higher_is_better is True
-        assert all(fn is dim_zero_sum for fn in metric._reductions.values())
-    for name, metric in build_empty_slice_metrics().items():
+def test_states_are_sums_and_directions_are_the_declared_ones():
+    for name, metric in [*build_metrics().items(), *build_empty_slice_metrics().items()]:
         assert metric.full_state_update is False
-        assert metric.higher_is_better is (name != "fp_lesions_per_empty")
+        assert metric.higher_is_better is registry.get(name).higher_is_better, name
         assert all(fn is dim_zero_sum for fn in metric._reductions.values())
+    assert registry.get("fp_lesions_per_empty").higher_is_better is False
 
 
 # ---------------------------------------------------------------- connected components

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from brainseg.metrics import registry
 from brainseg.report import build_report, load_sweep
 from brainseg.report.__main__ import main
 from brainseg.report.collect import expected_jobs
 from brainseg.report.stats import bootstrap_ratio, paired_stats
-from brainseg.report.table import EMPTY_SLICE_METRICS, TABLE_METRICS
 
 from .fake_sweep import BASE_DICE, make_sweep
 from .smoke_sweep import smoke_sweep_dir
@@ -105,7 +105,8 @@ def test_identical_models_differ_by_nothing(tmp_path):
     sweep = make_sweep(tmp_path / "sweep", dice=lambda m, s, i, p: 0.5 + 0.4 * np.sin(i + s))
     build_report(sweep, wandb=False, qualitative=False, n_resamples=500)
     stats = pd.read_csv(sweep / "report" / "stats.csv")
-    assert set(stats["subset"]) == {"all", "meningioma", "glioma", "pituitary"}
+    sizes = {"small (≤ 80 px)", "medium (80–120 px)", "large (> 120 px)"}
+    assert set(stats["subset"]) == {"all", "meningioma", "glioma", "pituitary", *sizes}
     for row in stats.itertuples():
         assert row.diff == pytest.approx(0.0, abs=1e-12)
         assert row.ci_low <= 0.0 <= row.ci_high
@@ -308,11 +309,14 @@ def test_the_split_is_shown_and_a_mixed_split_is_a_warning(tmp_path):
 
 def test_empty_slice_rows_appear_only_when_a_run_recorded_them(tmp_path):
     table = _report(make_sweep(tmp_path / "tumors"))[2]
-    assert tuple(table.index) == TABLE_METRICS
+    every_set = ("dice", "dice_pooled", "precision", "recall", "lesion_recall", "inference_ms")
+    assert tuple(table.index) == every_set  # the fake runs record no boundary metric, no ECE
 
     sweep = make_sweep(tmp_path / "empty", seeds=(0, 1, 2), tumor_free=12)
     table_md, _, table = _report(sweep)
-    assert set(EMPTY_SLICE_METRICS) < set(table.index)
+    empty_slice = {s.name for s in registry.specs() if s.tumor_free_only}
+    assert empty_slice == {"dice_tumor", "empty_correct", "fp_lesions_per_empty"}
+    assert empty_slice < set(table.index)
     for model in ("unet", "fpn"):
         frames = [
             pd.read_csv(p)

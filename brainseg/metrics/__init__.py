@@ -1,8 +1,11 @@
 """Segmentation metrics for binary masks, as torchmetrics ``Metric``s that accumulate on the device.
 
-Layout: ``scores`` (logits to probabilities and masks, per-image scores), ``components``
-(connected-component labelling), ``collection`` (the ``Metric`` classes and the collections the
-Lightning module logs). Everything public is importable from ``brainseg.metrics``.
+Layout: ``registry`` (every metric declared once: label, direction, range, format, kind,
+empty-mask rule; the per-image columns and the collections the Lightning module logs derive from
+it), ``scores`` (logits to probabilities and masks, per-image scores), ``components``
+(connected-component labelling), ``collection`` (the ``Metric`` classes), ``surface`` (HD95,
+ASSD, NSD from MONAI's surface distances), ``calibration`` (pixel ECE). Everything public is
+importable from ``brainseg.metrics``.
 
 Inputs. Every ``update(logits, target)`` takes the network's raw LOGITS (B, 1, H, W) and a target
 (B, 1, H, W) or (B, H, W) holding {0, 1}. A pixel is predicted positive when
@@ -26,7 +29,11 @@ What each key of ``build_metrics`` means:
   TP / (TP + FN).
 - ``lesion_recall``: share of ground-truth lesions (connected components, 8-connectivity by
   default) that the prediction detects, counted over all images seen.
+- ``ece``: expected calibration error of the pixels' tumour probabilities (``PixelCalibration``).
 
+The boundary metrics ``hd95``, ``assd`` and ``nsd`` (``brainseg.metrics.surface``, with their
+own empty-mask rules) are computed from the per-image rows at test time, not by
+``build_metrics``.
 On a set with tumour-free slices the headline Dice mostly measures "predicted nothing on an
 empty slice". ``build_empty_slice_metrics`` separates the two kinds of slice:
 
@@ -37,7 +44,7 @@ empty slice". ``build_empty_slice_metrics`` separates the two kinds of slice:
 
 Their ``compute`` is NaN when the set has no slice of the kind they average over; the Lightning
 module logs them only when some slice is tumour-free (and ``dice_tumor`` only when some slice
-has a tumour), so a set with a tumour on every slice reports exactly the five keys above.
+has a tumour), so a set with a tumour on every slice reports none of them.
 
 States are sums (``dist_reduce_fx="sum"``), so every metric is exact across batches and DDP
 processes. ``update`` never copies to the host on the pooled and per-image metrics; lesion
@@ -45,6 +52,7 @@ counts label components on the GPU (``label_components(method="torch")``) and sy
 to test convergence every few propagation steps.
 """
 
+from brainseg.metrics.calibration import PixelCalibration
 from brainseg.metrics.collection import (
     EmptyCorrect,
     FalsePositiveLesionsPerEmpty,
@@ -54,10 +62,20 @@ from brainseg.metrics.collection import (
     PooledPrecision,
     PooledRecall,
     TumorDice,
-    build_empty_slice_metrics,
-    build_metrics,
 )
 from brainseg.metrics.components import label_components
+from brainseg.metrics.registry import (
+    METRICS,
+    Mean,
+    MetricSpec,
+    Ratio,
+    build_empty_slice_metrics,
+    build_metrics,
+    compute_columns,
+    register,
+    registered,
+    unregister,
+)
 from brainseg.metrics.scores import (
     lesion_counts,
     logits_to_masks,
@@ -67,20 +85,29 @@ from brainseg.metrics.scores import (
 )
 
 __all__ = [
+    "METRICS",
     "EmptyCorrect",
     "FalsePositiveLesionsPerEmpty",
     "LesionRecall",
+    "Mean",
+    "MetricSpec",
     "PerImageDice",
+    "PixelCalibration",
     "PooledDice",
     "PooledPrecision",
     "PooledRecall",
+    "Ratio",
     "TumorDice",
     "build_empty_slice_metrics",
     "build_metrics",
+    "compute_columns",
     "label_components",
     "lesion_counts",
     "logits_to_masks",
     "per_image_stats",
     "probabilities",
+    "register",
+    "registered",
     "to_masks",
+    "unregister",
 ]

@@ -1,11 +1,11 @@
-"""The torchmetrics ``Metric``s brainseg logs, and the collections ``build_metrics`` and
-``build_empty_slice_metrics`` (what each key means: see ``brainseg.metrics``)."""
+"""The torchmetrics ``Metric``s brainseg logs (what each key means: see ``brainseg.metrics``;
+which of them a stage logs: ``brainseg.metrics.registry``)."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric, MetricCollection
+from torchmetrics import Metric
 from torchmetrics.classification import BinaryF1Score, BinaryPrecision, BinaryRecall
 
 from brainseg.metrics.components import check_connectivity, check_method, label_components
@@ -218,40 +218,3 @@ class FalsePositiveLesionsPerEmpty(_ThresholdedMetric):
 
     def compute(self) -> Tensor:
         return self.fp_lesions / self.num_empty
-
-
-def build_metrics(
-    threshold: float = 0.5, connectivity: int = 8, min_overlap: float = 0.0, method: str = "auto"
-) -> MetricCollection:
-    """The metrics brainseg logs: dice, dice_pooled, precision, recall, lesion_recall.
-
-    Use ``build_metrics(...).clone(prefix="val/")`` per stage, call ``update(logits, target)``
-    each step and ``compute()`` at the end of the epoch.
-    """
-    return MetricCollection(
-        {
-            "dice": PerImageDice(threshold),
-            "dice_pooled": PooledDice(threshold),
-            "precision": PooledPrecision(threshold),
-            "recall": PooledRecall(threshold),
-            "lesion_recall": LesionRecall(threshold, connectivity, min_overlap, method),
-        },
-        # The three pooled metrics share one set of TP/FP/TN/FN counts; stating the groups
-        # skips torchmetrics' state comparison after the first update.
-        compute_groups=[["dice_pooled", "precision", "recall"]],
-    )
-
-
-def build_empty_slice_metrics(
-    threshold: float = 0.5, connectivity: int = 8, method: str = "auto"
-) -> MetricCollection:
-    """The metrics of sets with tumour-free slices: dice_tumor, empty_correct and
-    fp_lesions_per_empty (NaN when the set lacks the slices they average over; see
-    ``brainseg.metrics`` for when to log them)."""
-    return MetricCollection(
-        {
-            "dice_tumor": TumorDice(threshold),
-            "empty_correct": EmptyCorrect(threshold),
-            "fp_lesions_per_empty": FalsePositiveLesionsPerEmpty(threshold, connectivity, method),
-        }
-    )

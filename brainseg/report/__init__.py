@@ -25,6 +25,7 @@ from brainseg.report.stats import (
     ranking_markdown,
     stats_markdown,
 )
+from brainseg.report.strata import size_edges, strata_markdown, strata_table
 from brainseg.report.table import build_table, header_markdown, load_study_table, table_markdown
 
 __all__ = ["MixedTestSets", "Run", "Sweep", "build_report", "load_sweep", "load_sweeps"]
@@ -48,7 +49,8 @@ def build_report(
     reference: str | None = None,
 ) -> dict[str, Path]:
     """Writes `<sweep_dir>/report/` (a comparison's own folder: `Sweep.report_dir`):
-    table.{md,csv}, stats.{md,csv} and the figures.
+    table.{md,csv}, stats.{md,csv}, strata.{md,csv} (every metric per tumor type and size
+    tertile) and the figures.
 
     Only complete runs count (metrics.json and per_image.csv readable, status "ok"); the
     others are listed, with the reason, at the top of table.md and stats.md. Variants are
@@ -84,7 +86,8 @@ def build_report(
 
     per_image = per_image_means(sweep)
     pairs, refused = comparable_pairs(sweep, candidate_pairs(list(per_image), reference))
-    stats = paired_stats(per_image, n_resamples=n_resamples, seed=seed, pairs=pairs)
+    edges = size_edges(per_image)
+    stats = paired_stats(per_image, n_resamples=n_resamples, seed=seed, pairs=pairs, edges=edges)
     n_runs = {v: len(_tested_runs(sweep, v)) for v in per_image}
     written["stats.csv"] = _write(out / "stats.csv", stats.to_csv(index=False))
     markdown = stats_markdown(
@@ -101,11 +104,16 @@ def build_report(
             out / "per_image_mean.csv", pd.concat(frames).to_csv(index=False)
         )
 
+    strata = strata_table(per_image, edges)
+    written["strata.csv"] = _write(out / "strata.csv", strata.to_csv(index=False))
+    written["strata.md"] = _write(out / "strata.md", strata_markdown(strata))
+
     study_table = load_study_table() if study else None
     pictures = [
         figures.learning_curves(sweep, out / "learning_curves.png"),
         figures.dice_distribution(per_image, out / "dice_distribution.png"),
         figures.dice_vs_ms(sweep, out / "dice_vs_ms.png", study_table),
+        figures.reliability(sweep, out / "reliability.png"),
     ]
     if qualitative and per_image:
         pictures += qualitative_grids(sweep, per_image, out)
@@ -114,7 +122,7 @@ def build_report(
     if wandb if wandb is not None else sweep.wandb_config is not None:
         from brainseg.tracking.dashboard import log_report
 
-        run_dir = log_report(sweep, table, stats, [p for p in pictures if p], out)
+        run_dir = log_report(sweep, table, stats, [p for p in pictures if p], out, strata)
         if run_dir:
             written["wandb"] = Path(run_dir)
     return written

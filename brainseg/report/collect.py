@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from brainseg.data.sources import natural_key
 from brainseg.identity import differing_keys, is_execution_key, run_settings
+from brainseg.metrics import registry
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,6 @@ REPEAT_KEYS = ("seed", "data.fold")
 # At most this many differing settings name a variant; more are cut with "...".
 LABEL_KEYS = 3
 MODEL_KEY = "model"
-# per_image.csv columns the report reads, and those that must hold a value on every row.
-PER_IMAGE_COLUMNS = ("id", "pid", "label", "dice")
-PER_IMAGE_FILLED = ("id", "label", "dice")
 # Statuses brainseg.train records for runs that are no result, listed with their reason.
 NOT_RESULTS = ("no_test", "no_tumor_test", "interrupted")
 
@@ -531,7 +529,7 @@ def _read_per_image(path: Path) -> pd.DataFrame:
         frame = pd.read_csv(path, dtype={"id": str, "pid": str})
     except (OSError, ValueError) as error:  # pandas' EmptyDataError and ParserError included
         raise UnreadableFile(f"{path.name} unreadable ({type(error).__name__}: {error})") from error
-    absent = [column for column in PER_IMAGE_COLUMNS if column not in frame]
+    absent = [column for column in registry.required_columns() if column not in frame]
     if absent:
         raise UnreadableFile(f"{path.name} lacks the column(s) {', '.join(absent)}")
     if frame.empty:
@@ -546,6 +544,16 @@ def _read_per_image(path: Path) -> pd.DataFrame:
             f"{holes[0] + 1}; cut off while being written? rerun the job"
         )
     frame["pid"] = frame["pid"].fillna("")
+    return _with_overlap(frame)
+
+
+def _with_overlap(frame: pd.DataFrame) -> pd.DataFrame:
+    """Older per_image.csv files lack `tp` (the overlap's pixels), which the pooled metrics of the
+    report's statistics and strata need: Dice = 2 tp / (pred_area + true_area) gives it back,
+    rounded to the whole pixel it is."""
+    if "tp" not in frame and {"dice", "pred_area", "true_area"} <= set(frame.columns):
+        areas = frame["pred_area"] + frame["true_area"]
+        frame["tp"] = (frame["dice"] * areas / 2).round().astype(int)
     return frame
 
 

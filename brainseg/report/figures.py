@@ -257,3 +257,75 @@ def _time_axis(ax, times: np.ndarray) -> None:
         return
     pad = 0.08 * (high - low) if high > low else 0.1 * low
     ax.set_xlim(max(low - pad, low / 2), high + pad)
+
+
+def reliability(sweep: Sweep, path: Path) -> Path | None:
+    fig = reliability_figure(sweep)
+    return None if fig is None else save(fig, path)
+
+
+def pooled_reliability(runs: Iterable) -> dict[str, np.ndarray] | None:
+    """The reliability bins of runs (metrics.json `reliability`) added up: count, mean
+    confidence and tumour frequency per probability bin; None when no run recorded them."""
+    recorded = [r.metrics["reliability"] for r in runs if r.metrics.get("reliability")]
+    if not recorded:
+        return None
+    keys = ("count", "confidence_sum", "positive_sum")
+    sums = {k: np.sum([r[k] for r in recorded], axis=0) for k in keys}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "count": sums["count"],
+            "confidence": sums["confidence_sum"] / sums["count"],
+            "frequency": sums["positive_sum"] / sums["count"],
+            "ece": float(np.abs(sums["confidence_sum"] - sums["positive_sum"]).sum())
+            / float(sums["count"].sum()),
+        }
+
+
+def reliability_figure(sweep: Sweep) -> Figure | None:
+    """Pixel-level reliability diagram per variant, its runs' bins pooled: tumour frequency
+    against mean predicted probability per bin (on the diagonal: calibrated), and each bin's
+    share of pixels (log scale); None when no run recorded its bins."""
+    variants = shown_variants(sweep)
+    pooled = {v: p for v in variants if (p := pooled_reliability(sweep.runs_of(v)))}
+    if not pooled:
+        return None
+    colors = model_colors(variants)
+    fig = Figure(figsize=(10, 4.5), layout="constrained")
+    curve, share = fig.subplots(1, 2)
+    curve.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
+    for variant, bins in pooled.items():
+        used = bins["count"] > 0
+        n = len(sweep.runs_of(variant))
+        curve.plot(
+            bins["confidence"][used],
+            bins["frequency"][used],
+            marker="o",
+            color=colors[variant],
+            label=f"{variant} (n={n}): ECE {bins['ece']:.4f}",
+            gid=variant,
+        )
+        share.plot(
+            bins["confidence"][used],
+            bins["count"][used] / bins["count"].sum(),
+            marker="o",
+            color=colors[variant],
+            gid=variant,
+        )
+    curve.set(
+        xlabel="mean predicted tumor probability (bin)",
+        ylabel="tumor frequency",
+        xlim=(0, 1),
+        ylim=(0, 1),
+        title="Reliability of pixel probabilities (runs pooled)",
+    )
+    share.set(
+        xlabel="mean predicted tumor probability (bin)",
+        ylabel="share of pixels",
+        yscale="log",
+        title="Pixels per bin",
+    )
+    for ax in (curve, share):
+        ax.grid(alpha=0.3)
+    curve.legend(fontsize="small")
+    return fig

@@ -10,20 +10,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import wilcoxon
 
-from brainseg.data.sources import LABEL_NAMES
-
-PER_IMAGE_METRICS = ("dice", "precision", "recall")
-METRIC_LABELS = {
-    "dice": "Dice",
-    "dice_pooled": "Dice (pooled)",
-    "precision": "Precision",
-    "recall": "Recall",
-    "lesion_recall": "Lesion recall",
-    "dice_tumor": "Dice (tumor slices)",
-    "empty_correct": "Empty slices predicted empty",
-    "fp_lesions_per_empty": "False-positive lesions per empty slice",
-    "inference_ms": "Inference time (ms)",
-}
+from brainseg.metrics import registry
+from brainseg.metrics.registry import MetricSpec
+from brainseg.report.strata import row_metrics, size_edges, subsets
 
 
 def bootstrap_ratio(
@@ -76,21 +65,10 @@ def wilcoxon_p(differences: np.ndarray) -> float:
 
 
 def average_runs(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """Per-image metrics averaged over runs (seeds, folds), one row per slice id."""
+    """Per-image metrics averaged over runs (seeds, folds), one row per slice id: every metric
+    column the registry declares that the runs recorded."""
     data = pd.concat(frames, ignore_index=True)
-    numeric = [
-        c
-        for c in (
-            "dice",
-            "precision",
-            "recall",
-            "lesions",
-            "lesions_detected",
-            "pred_area",
-            "true_area",
-        )
-        if c in data
-    ]
+    numeric = [c for c in registry.per_image_columns() if c in data]
     means = data.groupby("id", sort=False)[numeric].mean()
     first = data.groupby("id", sort=False)[["pid", "label"]].first()
     return first.join(means).reset_index()
@@ -102,29 +80,32 @@ def paired_stats(
     seed: int = 0,
     level: float = 0.95,
     pairs: Sequence[tuple[str, str]] | None = None,
+    edges: tuple[float, float] | None = None,
 ) -> pd.DataFrame:
-    """Differences (B - A) between pairs of variants on the slices both were tested on.
+    """Differences (B - A) between pairs of variants on the slices both were tested on, for
+    every metric computable from per-image rows (`registry.row_metrics`).
 
     Args:
         per_image: variant -> per-image metrics averaged over its runs (`average_runs`).
         pairs: the (A, B) pairs to compare; default every pair, in `per_image`'s order.
+        edges: the tumour-size tertiles' area cut points (`strata.size_edges`); default those
+            of `per_image`.
 
     Returns:
-        One row per pair, subset (all, then each tumor type) and metric.
+        One row per pair, subset (all, each tumor type, each size tertile) and metric.
     """
+    edges = size_edges(per_image) if edges is None else edges
     rows = []
     for a, b in combinations(per_image, 2) if pairs is None else pairs:
         paired = per_image[a].merge(per_image[b], on="id", suffixes=("_a", "_b"))
-        subsets = [("all", paired)] + [
-            (LABEL_NAMES.get(int(label), str(label)), group)
-            for label, group in paired.groupby("label_a", sort=True)
-            if int(label) != 0
-        ]
-        for subset, frame in subsets:
-            for metric in (*PER_IMAGE_METRICS, "lesion_recall"):
-                row = _compare(frame, metric, n_resamples, seed, level)
+        specs = row_metrics(per_image[a])
+        for stratum, subset, frame in subsets(paired, edges, "label_a", "true_area_a"):
+            for spec in specs:
+                row = _compare(frame, spec, n_resamples, seed, level)
                 if row is not None:
-                    rows.append({"model_a": a, "model_b": b, "subset": subset, **row})
+                    rows.append(
+                        {"model_a": a, "model_b": b, "stratum": stratum, "subset": subset, **row}
+                    )
     stats = pd.DataFrame(rows, columns=STATS_COLUMNS)
     # Holm over the pairs compared, within each subset: the family of one question ("does
     # any variant differ on this subset?") grows with every variant added.
@@ -212,7 +193,7 @@ def ranking_markdown(ranking: pd.DataFrame, metric: str = "dice", level: float =
         return []
     pct = f"{100 * level:g} %"
     lines = [
-        f"## Ranking by {METRIC_LABELS.get(metric, metric)}",
+        f"## Ranking by {registry.label(metric)}",
         "",
         f"On the {int(ranking['n_images'].iloc[0])} slices every variant was tested on; rank 1 = "
         f"best. Mean rank and its {pct} interval over patient-bootstrap resamples; P(best) = "
@@ -235,6 +216,7 @@ FEW = 10
 STATS_COLUMNS = [
     "model_a",
     "model_b",
+    "stratum",
     "subset",
     "metric",
     "n_images",
@@ -250,38 +232,49 @@ STATS_COLUMNS = [
 ]
 
 
-def _compare(frame: pd.DataFrame, metric: str, n_resamples: int, seed: int, level: float):
-    if metric == "lesion_recall":
-        if "lesions_a" not in frame:
-            return None
-        frame = frame[frame["lesions_a"] > 0]
-        a, b, den = frame["lesions_detected_a"], frame["lesions_detected_b"], frame["lesions_a"]
-        mean_a = a.sum() / den.sum() if den.sum() else float("nan")
-        mean_b = b.sum() / den.sum() if den.sum() else float("nan")
-    else:
-        if f"{metric}_a" not in frame:
-            return None
-        # An image without a predicted pixel has no precision: compare where both have one.
-        frame = frame.dropna(subset=[f"{metric}_a", f"{metric}_b"])
-        a, b, den = frame[f"{metric}_a"], frame[f"{metric}_b"], np.ones(len(frame))
-        mean_a, mean_b = a.mean(), b.mean()
+def _compare(
+    frame: pd.DataFrame, spec: MetricSpec, n_resamples: int, seed: int, level: float
+) -> dict | None:
+    """The paired difference of `spec` on the rows of `frame` (columns `<c>_a`, `<c>_b`), with
+    its patient-bootstrap CI, and a Wilcoxon test of per-image differences for a per-image mean;
+    None when the rows lack its columns or it is undefined on them."""
+    columns = spec.value.columns
+    if len(frame) == 0 or any(f"{c}_a" not in frame or f"{c}_b" not in frame for c in columns):
+        return None
+    rows_a = {c: frame[f"{c}_a"].to_numpy(dtype=float) for c in columns}
+    rows_b = {c: frame[f"{c}_b"].to_numpy(dtype=float) for c in columns}
+    ones = np.ones((1, len(frame)))
+    mean_a, mean_b = spec.value(rows_a, ones)[0], spec.value(rows_b, ones)[0]
+    if not (np.isfinite(mean_a) and np.isfinite(mean_b)):
+        return None
     pids = frame["pid_a"].astype(str)
-    by_patient = len(frame) > 0 and bool((pids != "").all())
-    clusters = pids.to_numpy() if by_patient else None
-    diff, low, high = bootstrap_ratio(
-        (b - a).to_numpy(), np.asarray(den), clusters, n_resamples, seed, level
+    by_patient = bool((pids != "").all())
+    clusters = pids.to_numpy() if by_patient else np.arange(len(frame))
+    _, inverse = np.unique(clusters, return_inverse=True)
+    k = inverse.max() + 1
+    counts = np.random.default_rng(seed).multinomial(k, np.full(k, 1.0 / k), size=n_resamples)
+    weights = counts[:, inverse].astype(float)  # (n_resamples, rows): each row's multiplicity
+    diffs = spec.value(rows_b, weights) - spec.value(rows_a, weights)
+    alpha = (1.0 - level) / 2.0
+    low, high = (
+        np.nanpercentile(diffs, [100 * alpha, 100 * (1 - alpha)])
+        if np.isfinite(diffs).any()
+        else (np.nan, np.nan)
     )
+    wilcoxon = float("nan")
+    if spec.wilcoxon:
+        wilcoxon = wilcoxon_p(rows_b[spec.value.column] - rows_a[spec.value.column])
     return {
-        "metric": metric,
+        "metric": spec.name,
         "n_images": len(frame),
-        "n_clusters": int(pids.nunique()) if by_patient else len(frame),
+        "n_clusters": int(k),
         "unit": "patient" if by_patient else "image",
         "mean_a": float(mean_a),
         "mean_b": float(mean_b),
-        "diff": diff,
-        "ci_low": low,
-        "ci_high": high,
-        "wilcoxon_p": wilcoxon_p((b - a).to_numpy()) if metric == "dice" else float("nan"),
+        "diff": float(mean_b - mean_a),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "wilcoxon_p": wilcoxon,
     }
 
 
@@ -317,10 +310,13 @@ def stats_markdown(
     lines += [
         f"Per-image metrics averaged over each model's runs ({runs}), then paired by slice. "
         f"Difference = B − A with a {pct} percentile bootstrap CI ({n_resamples} resamples of "
-        "whole patients when patient ids are known, else of slices). Lesion recall is pooled "
-        "(detected / lesions). Wilcoxon signed-rank test on per-slice Dice (it treats slices as "
-        "independent; slices of one patient are not, so read its p-value as optimistic); "
-        "Holm p corrects it for the number of pairs compared on the same subset.",
+        "whole patients when patient ids are known, else of slices). Each metric is computed "
+        "as in the table: pooled ones (Dice pooled, precision, recall, lesion recall) over the "
+        "pixels or lesions of the resampled slices. Wilcoxon signed-rank test on the per-slice "
+        "values of the per-image metrics (it treats slices as independent; slices of one patient "
+        "are not, so read its p-value as optimistic); Holm p corrects it for the number of pairs "
+        "compared on the same subset. Subsets: all slices, each tumor type, each tumor-size "
+        "tertile (strata.md).",
         "",
     ]
     for (a, b), pair in stats.groupby(["model_a", "model_b"], sort=False):
@@ -333,10 +329,12 @@ def stats_markdown(
         ]
         for row in pair.itertuples():
             p, holm_p = (_p(row.wilcoxon_p), _p(row.wilcoxon_p_holm))
+            d = registry.get(row.metric).digits if row.metric in registry.METRICS else 4
             lines.append(
-                f"| {row.subset} | {METRIC_LABELS.get(row.metric, row.metric)} | "
-                f"{row.n_images} ({row.n_clusters} {row.unit}s) | {row.mean_a:.4f} | "
-                f"{row.mean_b:.4f} | {row.diff:+.4f} [{row.ci_low:+.4f}, {row.ci_high:+.4f}]"
+                f"| {row.subset} | {registry.label(row.metric)} | "
+                f"{row.n_images} ({row.n_clusters} {row.unit}s) | {row.mean_a:.{d}f} | "
+                f"{row.mean_b:.{d}f} | {row.diff:+.{d}f} "
+                f"[{row.ci_low:+.{d}f}, {row.ci_high:+.{d}f}]"
                 f"{_marker(row.ci_low, row.ci_high, row.n_clusters)} | {p} | {holm_p} |"
             )
         lines.append("")

@@ -7,12 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from brainseg.metrics import registry
 from brainseg.report.collect import Run, Sweep
-from brainseg.report.stats import METRIC_LABELS
 
-TABLE_METRICS = ("dice", "dice_pooled", "precision", "recall", "lesion_recall", "inference_ms")
-# Recorded only by runs whose test set has tumor-free slices (see brainseg.metrics).
-EMPTY_SLICE_METRICS = ("dice_tumor", "empty_correct", "fp_lesions_per_empty")
 STUDY_TABLE = Path(__file__).resolve().parents[1] / "reference" / "study_table.csv"
 
 
@@ -22,13 +19,11 @@ def load_study_table(path: Path = STUDY_TABLE) -> pd.DataFrame:
 
 
 def table_metrics(sweep: Sweep) -> tuple[str, ...]:
-    """The table's rows: the study's metrics, and the empty-slice ones when a used run has them."""
+    """The table's rows: every registered metric that a used run recorded, in the registry's
+    order (the empty-slice ones only appear for sets with tumor-free slices; metrics added since
+    older runs were made appear when a run has them)."""
     recorded = {key for run in sweep.used for key in run.test}
-    extra = tuple(m for m in EMPTY_SLICE_METRICS if m in recorded)
-    if not extra:
-        return TABLE_METRICS
-    at = TABLE_METRICS.index("lesion_recall") + 1
-    return TABLE_METRICS[:at] + extra + TABLE_METRICS[at:]
+    return tuple(spec.name for spec in registry.specs() if spec.name in recorded)
 
 
 def build_table(sweep: Sweep, study: bool = True) -> pd.DataFrame:
@@ -37,7 +32,7 @@ def build_table(sweep: Sweep, study: bool = True) -> pd.DataFrame:
     models the study has numbers for."""
     metrics = table_metrics(sweep)
     table = pd.DataFrame(index=pd.Index(metrics, name="metric"))
-    table.insert(0, "label", [METRIC_LABELS[m] for m in metrics])
+    table.insert(0, "label", [registry.label(m) for m in metrics])
     for variant in sweep.variants:
         runs = sweep.runs_of(variant)
         for metric in metrics:
@@ -75,14 +70,39 @@ def table_markdown(sweep: Sweep, table: pd.DataFrame) -> str:
     headers += [f"{study.get(m, m)} (study, n={_study_n(table, m)})" for m in study_models]
     lines += ["| metric | " + " | ".join(headers) + " |", "| --- |" + " --- |" * len(headers)]
     for metric, row in table.iterrows():
-        digits = 2 if metric == "inference_ms" else 4
+        digits = registry.get(metric).digits
         cells = [_cell(row, v, digits, n_runs[v]) for v in columns]
         cells += [_cell(row, f"study_{m}", digits) for m in study_models]
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
-    empty_slices = any(m in table.index for m in EMPTY_SLICE_METRICS)
+    empty_slices = any(registry.get(m).tumor_free_only for m in table.index)
     lines += ["", _footer(sweep, bool(study_models), empty_slices), ""]
+    lines += surface_markdown(sweep, table)
     lines += cost_markdown(sweep) + protocol_markdown(sweep)
     return "\n".join(lines)
+
+
+def surface_markdown(sweep: Sweep, table: pd.DataFrame) -> list[str]:
+    """A note under the table when it has boundary metrics: their unit, and how many test slices
+    were scored by the worst-value rule (an empty prediction on a tumor slice, or a prediction on
+    a tumor-free slice), counted from per_image.csv's areas."""
+    distances = [m for m in table.index if registry.get(m).unit == "px"]
+    if not distances:
+        return []
+    sizes = sorted({str(r.metrics.get("image_size")) for r in sweep.used})
+    worst, total = 0, 0
+    for run in sweep.used:
+        if run.per_image is None or "hd95" not in run.per_image:
+            continue
+        pred, true = run.per_image["pred_area"] > 0, run.per_image["true_area"] > 0
+        worst += int((pred != true).sum())
+        total += len(run.per_image)
+    return [
+        f"Boundary metrics in pixels at the evaluated size ({', '.join(sizes)} px); no pixel "
+        "spacing is recorded by the source, so no mm. Slices where exactly one of prediction "
+        "and truth is empty score the worst value (HD95 and ASSD the image diagonal, NSD 0): "
+        f"{worst} of {total} test slices over all runs (docs/metrics.md).",
+        "",
+    ]
 
 
 # What each variant costs, from its runs' metrics.json: (key, column, scale, digits).

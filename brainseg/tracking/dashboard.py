@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from brainseg.atomic import write_json
+from brainseg.metrics import registry
 from brainseg.tracking.run import check_reachable, wandb_failure, wandb_has_credentials
 
 if TYPE_CHECKING:  # the report reads sweeps; W&B only takes what it found
@@ -28,16 +29,34 @@ if TYPE_CHECKING:  # the report reads sweeps; W&B only takes what it found
 log = logging.getLogger(__name__)
 
 DASHBOARD_FILE = "wandb_dashboard.json"
-# What the training runs log (brainseg.module, brainseg.tracking.media, brainseg.tracking.run).
-TEST_METRICS = ("test/dice", "test/precision", "test/recall", "test/lesion_recall")
+# The report run's tables (log_report), shown in the dashboard.
+REPORT_TABLES = ("report/table", "report/stats", "report/strata")
+
+
+def test_metric_panels() -> dict[str, list[str]]:
+    """The test metrics the runs log (brainseg.metrics.registry), one bar chart per unit (a
+    chart's metrics share an axis): {title: ["test/<name>", ...]}, Dice apart."""
+    panels: dict[str, list[str]] = {}
+    for spec in registry.quality_metrics():
+        if "test" not in spec.stages or spec.name == "dice":
+            continue
+        title = f"test metrics ({spec.unit})" if spec.unit else "test metrics"
+        panels.setdefault(title, []).append(f"test/{spec.name}")
+    return panels
 
 
 def log_report(
-    sweep: Sweep, table: pd.DataFrame, stats: pd.DataFrame, figures: list[Path], out_dir: Path
+    sweep: Sweep,
+    table: pd.DataFrame,
+    stats: pd.DataFrame,
+    figures: list[Path],
+    out_dir: Path,
+    strata: pd.DataFrame | None = None,
 ) -> str | None:
-    """One W&B run (job_type "report") in the sweep's group holding the table, the statistics
-    and the figures. Its id derives from the group (`report_run_id`): running the report again
-    updates the same run. Offline, under `out_dir/wandb`, when no credentials are found.
+    """One W&B run (job_type "report") in the sweep's group holding the table, the statistics,
+    the results per tumor type and size (`strata`) and the figures. Its id derives from the group
+    (`report_run_id`): running the report again updates the same run. Offline, under
+    `out_dir/wandb`, when no credentials are found.
 
     Returns:
         The run's directory, or None when the sweep did not use W&B.
@@ -68,6 +87,9 @@ def log_report(
             {
                 "report/table": wandb.Table(dataframe=table.reset_index()),
                 "report/stats": wandb.Table(dataframe=stats) if len(stats) else None,
+                "report/strata": (
+                    wandb.Table(dataframe=strata) if strata is not None and len(strata) else None
+                ),
                 **{f"report/{p.stem}": wandb.Image(str(p)) for p in figures},
             }
         )
@@ -117,7 +139,10 @@ def build_dashboard(sweep: Sweep, entity: str | None = None) -> Any:
             "Test by model",
             [
                 wr.BarPlot(title="test Dice", metrics=["test/dice"], **spread),
-                wr.BarPlot(title="test metrics", metrics=list(TEST_METRICS[1:]), **spread),
+                *(
+                    wr.BarPlot(title=title, metrics=keys, **spread)
+                    for title, keys in test_metric_panels().items()
+                ),
                 wr.BarPlot(title="best val Dice", metrics=["best/val_dice"], **spread),
             ],
         ),
@@ -144,11 +169,14 @@ def build_dashboard(sweep: Sweep, entity: str | None = None) -> Any:
         section(
             "Report",
             [
-                wr.WeavePanelSummaryTable(table_name="report/table"),
-                wr.WeavePanelSummaryTable(table_name="report/stats"),
+                *(wr.WeavePanelSummaryTable(table_name=name) for name in REPORT_TABLES),
                 wr.MediaBrowser(
                     title="report figures",
-                    media_keys=["report/learning_curves", "report/dice_vs_ms"],
+                    media_keys=[
+                        "report/learning_curves",
+                        "report/dice_vs_ms",
+                        "report/reliability",
+                    ],
                 ),
             ],
         ),
@@ -314,7 +342,7 @@ def _panel_text(panel: dict[str, Any]) -> tuple[str, str, str, str]:
 def _weave_key(panel: dict[str, Any]) -> str:
     # A summary table panel is a Weave expression runs.summary["<key>"]; find the key in it.
     text = json.dumps(panel)
-    for key in ("test/per_image", "report/table", "report/stats"):
+    for key in ("test/per_image", *REPORT_TABLES):
         if f'"{key}"' in text:
             return f'summary["{key}"]'
     return "summary table"
