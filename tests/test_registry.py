@@ -14,8 +14,8 @@ import torch
 from brainseg.metrics import registry
 from brainseg.metrics.registry import Mean, MetricSpec, registered
 from brainseg.report import build_report, load_sweep
-from brainseg.report.wandb_log import write_dashboard
-from brainseg.tracking import finish_wandb
+from brainseg.tracking.dashboard import write_dashboard
+from brainseg.tracking.run import finish_wandb
 from brainseg.train import train
 
 from .fake_sweep import make_sweep
