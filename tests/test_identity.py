@@ -82,7 +82,7 @@ def test_the_cli_compares_several_folders_into_a_folder_named_for_the_comparison
     monkeypatch.chdir(tmp_path)
     args = ["six", "long", "--label", "six=6ep", "--label", "long=24ep", "--no-qualitative"]
     assert report_main([*args, "--no-wandb", "--resamples", "100"]) == 0
-    table = (tmp_path / "reports" / "six+long" / "table.md").read_text()
+    table = (tmp_path / "reports" / "six-vs-long" / "table.md").read_text()
     assert "| unet [6ep] (n=2) | unet [24ep] (n=2) |" in table
     assert not (a / "report").exists() and not (b / "report").exists()
 

@@ -230,6 +230,22 @@ def test_reports_update_one_report_run_and_write_the_dashboard(tmp_path, capsys)
         load_dashboard(definition)
 
 
+def test_a_comparison_dashboard_shows_exactly_the_compared_runs_by_id(tmp_path):
+    from brainseg.report import load_sweeps
+    from brainseg.tracking.dashboard import write_dashboard
+
+    folders = [make_sweep(tmp_path / name, wandb=True) for name in ("a", "b")]
+    ids = []
+    for folder, label in zip(folders, "ab", strict=True):
+        for i, job in enumerate(sorted(d for d in folder.iterdir() if d.is_dir())):
+            (job / "wandb_id.txt").write_text(f"{label}{i}run\n")
+            ids.append(f"{label}{i}run")
+    sweep = load_sweeps(folders, labels={str(f): f.name for f in folders}, out=tmp_path / "cmp")
+    written = write_dashboard(sweep, sweep.report_dir, publish=False)
+    filters = str(load_dashboard(written["definition"], entity="e").runset_settings.filters)
+    assert all(f"'{run_id}'" in filters for run_id in ids) and "Group" not in filters
+
+
 def test_dashboard_needs_a_sweep_that_used_wandb(tmp_path, capsys):
     sweep = make_sweep(tmp_path / "sweep", wandb=False)
     assert report_main([str(sweep), "--dashboard", "--no-qualitative", "--resamples", "20"]) == 2

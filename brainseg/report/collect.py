@@ -247,7 +247,7 @@ def load_sweeps(
         out: where the report goes; default `<folder>/report` for one folder, and
             `reports/<name>` for several.
         name: the comparison's name (its report folder, its W&B group); default the folders'
-            names joined by `+`.
+            names joined by `-vs-`.
     """
     labels = labels or {}
     runs: list[Run] = []
@@ -268,7 +268,7 @@ def load_sweeps(
     roots = [Path(d) for d in sweep_dirs]
     if len(roots) == 1:
         return Sweep(roots[0], runs, multirun, include_debug, out and Path(out), name, allow_mixed)
-    name = name or "+".join(root.resolve().name for root in roots)
+    name = name or "-vs-".join(root.resolve().name for root in roots)
     out = Path(out) if out else Path("reports") / name
     return Sweep(out, runs, multirun, include_debug, out, name, allow_mixed)
 

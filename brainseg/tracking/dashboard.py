@@ -19,7 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from brainseg.atomic import write_json
 from brainseg.metrics import registry
-from brainseg.tracking.run import check_reachable, wandb_failure, wandb_has_credentials
+from brainseg.tracking.run import (
+    RUN_ID_FILE,
+    check_reachable,
+    wandb_failure,
+    wandb_has_credentials,
+)
 
 if TYPE_CHECKING:  # the report reads sweeps; W&B only takes what it found
     import pandas as pd
@@ -187,7 +192,7 @@ def build_dashboard(sweep: Sweep, entity: str | None = None) -> Any:
         name=f"brainseg {sweep.group}"[:100],
         sections=sections,
         runset_settings=ws.RunsetSettings(
-            filters=ws.And(ws.Metric("Group") == sweep.group),
+            filters=runset_filter(sweep),
             groupby=[ws.Config("model.name")],
             pinned_columns=[
                 "summary:best/val_dice",
@@ -198,6 +203,27 @@ def build_dashboard(sweep: Sweep, entity: str | None = None) -> Any:
         ),
         settings=ws.WorkspaceSettings(x_axis="epoch", max_runs=100),
     )
+
+
+def compared_run_ids(sweep: Sweep) -> list[str]:
+    """The W&B run ids of the runs the report compares (each run folder's `wandb_id.txt`)."""
+    ids = []
+    for run in sweep.used:
+        path = run.job_dir / RUN_ID_FILE if run.job_dir else None
+        if path is not None and path.is_file():
+            ids.append(path.read_text().strip())
+    return ids
+
+
+def runset_filter(sweep: Sweep):
+    """The dashboard's runs: exactly those the report compared, by W&B run id, whatever sweep,
+    day or machine they come from; the sweep's group for runs that recorded no id."""
+    import wandb_workspaces.workspaces as ws
+
+    ids = compared_run_ids(sweep)
+    if ids:
+        return ws.And(ws.Metric("ID").isin(ids))
+    return ws.And(ws.Metric("Group") == sweep.group)
 
 
 def write_dashboard(sweep: Sweep, out_dir: Path, publish: bool | None = None) -> dict[str, Any]:
