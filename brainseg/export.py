@@ -9,9 +9,11 @@ batch size. Inputs are prepared as `brainseg.data.transforms.SlicePreprocessor` 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -105,11 +107,29 @@ def _default_path(ckpt_path: Path, format: str) -> Path:
     return ckpt_path.with_name(ckpt_path.stem + FORMATS[format])
 
 
+# The ONNX exporter's optimiser reports every pass at INFO ("Removed 191 unused nodes", ...).
+ONNX_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx")
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str) -> Iterator[None]:
+    """Only warnings and errors of these loggers while the block runs."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def _to_onnx(net: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
     import torch
 
     batch = torch.export.Dim("batch", min=1, max=4096)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_loggers(*ONNX_LOGGERS):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             net,
