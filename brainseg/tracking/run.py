@@ -130,12 +130,26 @@ def wandb_logger(identity: Mapping[str, Any], **kwargs: Any) -> Logger:
         )
     if not offline and rank_zero_only.rank == 0:
         check_reachable()
-    logger = WandbLogger(**kwargs)
+    logger = EpochsFromOne(**kwargs)
     try:
         logger.experiment  # noqa: B018  (opens the W&B run: wandb.init)
     except Exception as error:  # wandb's CommError, AuthenticationError, UsageError, ...
         raise RuntimeError(wandb_failure(error)) from error
     return logger
+
+
+class EpochsFromOne(WandbLogger):
+    """A WandbLogger whose `epoch` counts from 1, as the report's figures and tables, the run's
+    closing line and the W&B summary's `best/epoch` do. Lightning counts from 0; its own CSV log
+    (`csv/metrics.csv`) keeps that count, as the raw record. After fitting, Lightning's count
+    is the number of epochs done, which is the last epoch's number from 1: the test stage's
+    metrics keep it."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        testing = any(key.startswith("test/") for key in metrics)
+        if "epoch" in metrics and not testing:
+            metrics = {**metrics, "epoch": metrics["epoch"] + 1}
+        super().log_metrics(metrics, step)
 
 
 def base_url() -> str:
@@ -219,7 +233,7 @@ def _epoch_of(checkpoint: str | None) -> int | None:
     if not checkpoint or not Path(checkpoint).is_file():
         return None
     saved = load_checkpoint_file(checkpoint, map_location="cpu", mmap=True)
-    return saved.get("epoch")
+    return None if saved.get("epoch") is None else saved["epoch"] + 1  # counted from 1
 
 
 def finish_wandb() -> None:
