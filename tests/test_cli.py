@@ -51,7 +51,7 @@ def test_help_gives_examples_and_the_settings_that_matter(cli, tmp_path):
     assert out.count(f"brainseg-{cli} ") >= 4
     assert len(out.splitlines()) < 40  # not the whole config
     if cli == "train":
-        assert "model: fpn, unet" in out and "experiment: cpu, smoke, study" in out
+        assert "model: fpn, monai_" in out and "experiment: cpu, smoke, study" in out
     else:  # the training groups do nothing here
         assert "ckpt_path" in out and "experiment:" not in out
 

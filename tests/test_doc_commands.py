@@ -60,6 +60,8 @@ REAL_DATA_TEXT = "../shared/datasets/figshare-brain-tumor-png256"
 PLACEHOLDERS = {
     "multirun/<date>/<time>": "{sweep}",
     "<sweep>": "{sweep}",
+    "<other_sweep>": "{other_sweep}",
+    "<my_configs>": "{my_configs}",
     "<run>": "{run}",
     "<run_dir>": "{run}",
     "<same overrides>": "experiment=smoke",
@@ -189,8 +191,29 @@ def stand_ins(tmp_path_factory) -> dict[str, Path]:
         )
     )
     sweep = make_sweep(base / "sweep", n_images=12, n_patients=4)
+    other_sweep = make_sweep(base / "other_sweep", n_images=12, n_patients=4, epochs=5)
     wandb_sweep = make_sweep(base / "wandb_sweep", n_images=12, n_patients=4, wandb=True)
-    return {"data": data, "run": run, "sweep": sweep, "wandb_sweep": wandb_sweep}
+    return {
+        "my_configs": documented_configs(base / "my_configs"),
+        "data": data,
+        "run": run,
+        "sweep": sweep,
+        "other_sweep": other_sweep,
+        "wandb_sweep": wandb_sweep,
+    }
+
+
+def documented_configs(root: Path) -> Path:
+    """A config folder holding every yaml block of the docs that names its place in one
+    (`# my_configs/<group>/<name>.yaml` on its first line), as a reader would write it."""
+    for page in PAGES:
+        for block in re.findall(r"```yaml\n(.*?)```", page.read_text(), re.S):
+            first = block.splitlines()[0]
+            if first.startswith("# my_configs/"):
+                path = root / first.removeprefix("# my_configs/").strip()
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(block)
+    return root
 
 
 def write_folder_data(root: Path, source) -> Path:

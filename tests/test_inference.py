@@ -29,7 +29,13 @@ from .conftest import compose_config
 # predicted, and many pixels lie close to the threshold, where any other rounding shows. The
 # default 0.5 would predict nothing: a predict that ignored the checkpoint's threshold fails.
 THRESHOLD = 0.415
-TIMING_KEYS = ("inference_ms", "inference_ms_std", "inference_ms_median", "images_per_s")
+TIMING_KEYS = (
+    "inference_ms",
+    "inference_ms_std",
+    "inference_ms_median",
+    "inference_ms_eager",
+    "images_per_s",
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +58,16 @@ def _tested_run(base: Path, precision: str) -> dict:
          f"paths.output_dir={base / 'run'}", f"paths.data_dir={base / 'data'}"]
     )  # fmt: skip
     scored: list[np.ndarray] = []
-    real = brainseg.module.per_image_stats
+    real = brainseg.module.registry.compute_columns
 
-    def recording(logits, target, threshold=0.5, **kwargs):
-        scored.extend(logits_to_masks(logits[:, 0], threshold).cpu().numpy())
-        return real(logits, target, threshold=threshold, **kwargs)
+    def recording(logits, target, metric_args, stage):
+        if stage == "test":
+            threshold = metric_args.get("threshold", 0.5)
+            scored.extend(logits_to_masks(logits[:, 0], threshold).cpu().numpy())
+        return real(logits, target, metric_args, stage)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(brainseg.module, "per_image_stats", recording)
+        patch.setattr(brainseg.module.registry, "compute_columns", recording)
         record = train(cfg)
     run_dir = Path(cfg.paths.output_dir)
     per_image = pd.read_csv(run_dir / "per_image.csv", dtype={"id": str})
