@@ -9,6 +9,8 @@ from torch import nn
 from torchvision.models import WeightsEnum
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from brainseg.models.weights import check_state_fits
+
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 # Stages C2..C5 are the outputs of layer1..layer4 (strides 4, 8, 16, 32).
 RETURN_NODES = {"layer1": "c2", "layer2": "c3", "layer3": "c4", "layer4": "c5"}
@@ -142,20 +144,9 @@ def load_resnet_state(net: nn.Module, state: Mapping[str, torch.Tensor], source:
     """
     expected = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
     given = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing = [k for k in expected if k not in given and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in given if k not in expected]
-    wrong = [
-        f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-        for k, v in given.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
-    if missing or unexpected or wrong:
-        raise RuntimeError(
-            f"{source} does not fit the backbone: "
-            f"{len(missing)} missing keys {missing[:5]}, "
-            f"{len(unexpected)} unexpected keys {unexpected[:5]}, "
-            f"{len(wrong)} shape mismatches {wrong[:5]}. "
-            "Check that model.backbone names the ResNet the file was saved from "
-            f"(key prefixes {list(KEY_PREFIXES)} are stripped)"
-        )
+    check_state_fits(
+        given, expected, f"{source} does not fit the backbone",
+        "Check that model.backbone names the ResNet the file was saved from "
+        f"(key prefixes {list(KEY_PREFIXES)} are stripped)",
+    )  # fmt: skip
     net.load_state_dict(given, strict=False)

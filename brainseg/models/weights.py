@@ -13,6 +13,27 @@ from torch import nn
 HEAD_PREFIXES = ("fc.", "classifier.", "head.", "last_linear.")
 
 
+def check_state_fits(
+    given: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], what: str, fix: str
+) -> None:
+    """A RuntimeError (`what`, the missing, unexpected and misshapen keys, then `fix`) unless
+    `given` holds every tensor of `expected` in its shape. Missing BatchNorm
+    `num_batches_tracked` counters are tolerated (older checkpoints)."""
+    missing = [k for k in expected if k not in given and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in given if k not in expected]
+    wrong = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in given.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    if missing or unexpected or wrong:
+        raise RuntimeError(
+            f"{what}: {len(missing)} missing keys {missing[:5]}, "
+            f"{len(unexpected)} unexpected keys {unexpected[:5]}, "
+            f"{len(wrong)} shape mismatches {wrong[:5]}. {fix}"
+        )
+
+
 def adapt_input_channels(
     state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
@@ -52,19 +73,8 @@ def load_encoder_state(
             given[key] = value
     expected = encoder.state_dict()
     given = adapt_input_channels(given, expected)
-    missing = [k for k in expected if k not in given and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in given if k not in expected]
-    wrong = [
-        f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-        for k, v in given.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
-    if missing or unexpected or wrong:
-        raise RuntimeError(
-            f"{source} does not fit the encoder: "
-            f"{len(missing)} missing keys {missing[:5]}, "
-            f"{len(unexpected)} unexpected keys {unexpected[:5]}, "
-            f"{len(wrong)} shape mismatches {wrong[:5]}. "
-            "Check that the model's encoder is the one the file was saved from"
-        )
+    check_state_fits(
+        given, expected, f"{source} does not fit the encoder",
+        "Check that the model's encoder is the one the file was saved from",
+    )  # fmt: skip
     encoder.load_state_dict(given, strict=False)
