@@ -9,11 +9,14 @@ a hash of the whole data set, the image size, the preset, the training length an
 runs are paired slice by slice only when their test sets' hashes agree.
 
 `brainseg.train` writes both into `metrics.json`; `brainseg.report` groups and pairs by them.
+Its *variant key* (`variant_key`) names a variant by its settings where only a name fits: the
+W&B dashboard groups runs by it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -112,6 +115,13 @@ def run_settings(config: Mapping[str, Any]) -> dict[str, Any]:
         for key, value in sorted(flatten(config).items())
         if not is_execution_key(key) and key not in REPEAT_KEYS
     }
+
+
+def variant_key(settings: Mapping[str, Any]) -> str:
+    """`<model>-<hash of the settings>`: the same for the seeds and folds of one variant,
+    different for runs that differ in any other setting."""
+    text = json.dumps(dict(settings), sort_keys=True, default=str)
+    return f"{settings.get('model.name', 'model')}-{content_hash([text])[:8]}"
 
 
 def differing_keys(settings: Iterable[Mapping[str, Any]]) -> list[str]:

@@ -24,7 +24,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from brainseg.config import CONF_DIR, check_settings, prepare_run_config  # registers resolvers
-from brainseg.identity import content_hash, hash_test_set, is_execution_key, run_settings
+from brainseg.identity import (
+    content_hash,
+    hash_test_set,
+    is_execution_key,
+    run_settings,
+    variant_key,
+)
 from brainseg.rundir import EarlierRunError, earlier_run, finished_record
 from brainseg.summary import run_line
 
@@ -73,7 +79,7 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
 
 def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
     """A CSV log in every run (`csv/metrics.csv`), plus the configured loggers, which receive
-    the run's configuration once."""
+    the run's configuration once, with its `variant` (`run_variant`) to group runs by."""
     from pytorch_lightning.loggers import CSVLogger
     from pytorch_lightning.utilities import rank_zero_only
 
@@ -83,7 +89,7 @@ def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
         previous.rename(previous.with_name(f"metrics-{time.strftime('%Y%m%d-%H%M%S')}.csv"))
     configured = instantiate_group(cfg.get("logger"))
     if configured:
-        config = OmegaConf.to_container(cfg, resolve=True)
+        config = OmegaConf.to_container(cfg, resolve=True) | {"variant": run_variant(cfg)}
         for logger in configured:
             logger.log_hyperparams(config)
     return [CSVLogger(save_dir=output_dir, name="", version="csv"), *configured]
@@ -342,6 +348,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
         "reliability": getattr(module, "reliability", None),
         # What the run is and what it was tested on: the report groups and pairs runs by these.
         "settings": resolved_settings(cfg),
+        "variant": run_variant(cfg),
         "protocol": protocol(cfg, datamodule, commit),
     }
     if trainer.is_global_zero:
@@ -363,6 +370,11 @@ def resolved_settings(cfg: DictConfig) -> dict[str, Any]:
         if not is_execution_key(str(key))
     }
     return run_settings(kept)
+
+
+def run_variant(cfg: DictConfig) -> str:
+    """The run's variant key (`brainseg.identity.variant_key`)."""
+    return variant_key(resolved_settings(cfg))
 
 
 def protocol(cfg: DictConfig, datamodule: Any, commit: str | None) -> dict[str, Any]:

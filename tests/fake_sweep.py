@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from brainseg.identity import variant_key
+
 # (model, seed, image index, patient index) -> per-image Dice
 DiceFn = Callable[[str, int, int, int], float]
 
@@ -101,6 +103,7 @@ def make_sweep(
         record = _metrics(model, seed, per_image, epochs) | {"fold": fold, "split": split}
         if settings is not None:
             record["settings"] = {"model.name": model, **settings}
+        record["variant"] = variant_key(record.get("settings", {"model.name": model}))
         if test_set is not None:
             record["protocol"] = {"test_set": f"{test_set}-{fold}", "test_slices": n_images}
         if key in debug:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brainseg.identity import differing_keys, hash_test_set, run_settings
+from brainseg.identity import differing_keys, hash_test_set, run_settings, variant_key
 from brainseg.report import MixedTestSets, build_report, load_sweep, load_sweeps
 from brainseg.report.__main__ import main as report_main
 
@@ -39,6 +39,15 @@ def test_settings_leave_out_where_and_how_fast_a_run_ran():
         "trainer.max_epochs": 24.0,
     }
     assert differing_keys([{"a": 1, "b": 2}, {"a": 1, "b": 3}, {"a": 1}]) == ["b"]
+
+
+def test_a_variant_key_is_shared_by_seeds_and_nothing_else():
+    config = {"model": {"name": "unet", "base_width": 16}, "optimizer": {"lr": 1e-3}}
+    key = variant_key(run_settings(config | {"seed": 0}))
+    assert key.startswith("unet-")
+    assert variant_key(run_settings(config | {"seed": 1, "data": {"fold": 2}})) == key
+    assert variant_key(run_settings(config | {"optimizer": {"lr": 1e-4}})) != key
+    assert variant_key(run_settings(config | {"logger": {"wandb": {}}})) == key  # how it ran
 
 
 def test_the_hash_test_set_follows_ids_and_masks_not_their_order():

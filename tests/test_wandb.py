@@ -171,7 +171,8 @@ def test_a_run_is_named_tagged_summarised_and_shows_its_slices(smoke_cfg):
     assert all(path.is_file() for path in run.media_files("val/slices"))
     assert run.history("test/per_image")[0]["nrows"] == len(record_rows(cfg))
     # The configuration is logged once, at the top level: not again as the module's hparams.
-    assert {"model", "data", "trainer", "seed"} <= run.config_keys
+    assert {"model", "data", "trainer", "seed", "variant"} <= run.config_keys
+    assert record["variant"].startswith("unet-")  # what the dashboard groups the seeds by
     assert "config" not in run.config_keys
 
 
@@ -242,6 +243,10 @@ def test_reports_update_one_report_run_and_write_the_dashboard(tmp_path, capsys)
         assert key in keys, key
     with pytest.raises(ValueError, match="--entity"):
         load_dashboard(definition)
+    # Grouped by variant: each W&B group is one of the report's variants.
+    assert [g.name for g in workspace.runset_settings.groupby] == ["variant"]
+    variants = json.loads(definition.read_text())["brainseg"]["variants"]
+    assert sorted(variants.values()) == ["fpn", "unet"] and len(set(variants)) == 2
 
 
 def test_a_comparison_dashboard_shows_exactly_the_compared_runs_by_id(tmp_path):

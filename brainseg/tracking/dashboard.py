@@ -113,15 +113,15 @@ def report_run_id(project: str, group: str) -> str:
 
 def build_dashboard(sweep: Sweep, entity: str | None = None) -> Any:
     """The sweep's comparison as a `wandb_workspaces` Workspace over the runs of its group,
-    grouped by model: validation Dice over epochs (mean ± std over seeds or folds) with the
-    validation slices, test metrics by model, Dice against inference time, the per-image table
+    grouped by variant (`group_key`): validation Dice over epochs (mean ± std over seeds or folds) with the
+    validation slices, test metrics by variant, Dice against inference time, the per-image table
     with the worst slices, and the report run's table and statistics."""
     import wandb_workspaces.reports.v2 as wr
     import wandb_workspaces.workspaces as ws
 
     logger_cfg = _wandb_config(sweep)
-    by_model = wr.Config("model.name")
-    spread = {"groupby": by_model, "groupby_aggfunc": "mean", "groupby_rangefunc": "stddev"}
+    key = group_key(sweep)
+    spread = {"groupby": wr.Config(key), "groupby_aggfunc": "mean", "groupby_rangefunc": "stddev"}
 
     def section(name: str, panels: list[Any], columns: int = 3) -> Any:
         layout = ws.SectionLayoutSettings(columns=columns, rows=2)
@@ -129,7 +129,7 @@ def build_dashboard(sweep: Sweep, entity: str | None = None) -> Any:
 
     sections = [
         section(
-            "Validation by model (mean ± std over seeds or folds)",
+            "Validation by variant (mean ± std over seeds or folds)",
             [
                 wr.LinePlot(title="val Dice", x="epoch", y=["val/dice"], **spread),
                 wr.LinePlot(title="loss", x="epoch", y=["train/loss_epoch", "val/loss"], **spread),
@@ -141,7 +141,7 @@ def build_dashboard(sweep: Sweep, entity: str | None = None) -> Any:
             ],
         ),
         section(
-            "Test by model",
+            "Test by variant",
             [
                 wr.BarPlot(title="test Dice", metrics=["test/dice"], **spread),
                 *(
@@ -193,8 +193,9 @@ def build_dashboard(sweep: Sweep, entity: str | None = None) -> Any:
         sections=sections,
         runset_settings=ws.RunsetSettings(
             filters=runset_filter(sweep),
-            groupby=[ws.Config("model.name")],
+            groupby=[ws.Config(key)],
             pinned_columns=[
+                f"config:{key}",
                 "summary:best/val_dice",
                 "summary:test/dice",
                 "summary:test/inference_ms",
@@ -203,6 +204,33 @@ def build_dashboard(sweep: Sweep, entity: str | None = None) -> Any:
         ),
         settings=ws.WorkspaceSettings(x_axis="epoch", max_runs=100),
     )
+
+
+def group_key(sweep: Sweep) -> str:
+    """The W&B config key the dashboard groups runs by: `variant` (`brainseg.identity.
+    variant_key`, which a run logs with its configuration and records in `metrics.json`), so
+    that the seeds of one variant pool and nothing else does; `model.name` for runs recorded
+    before `variant` was."""
+    return "variant" if any(run.metrics.get("variant") for run in sweep.used) else "model.name"
+
+
+def variant_keys(sweep: Sweep) -> dict[str, str]:
+    """{W&B variant key: the report's variant}, for reading the dashboard's groups. Variants
+    that the report keeps apart only by their folders' labels or data share a key: W&B pools
+    them, and the warning says so."""
+    keys: dict[str, set[str]] = {}
+    for run in sweep.used:
+        if run.metrics.get("variant"):
+            keys.setdefault(run.metrics["variant"], set()).add(run.variant)
+    for key, variants in keys.items():
+        if len(variants) > 1:
+            log.warning(
+                "the W&B dashboard pools %s: same settings (%s), told apart only by folder "
+                "label or data; compare them in the report's table",
+                " and ".join(sorted(variants)),
+                key,
+            )
+    return {key: " + ".join(sorted(variants)) for key, variants in keys.items()}
 
 
 def compared_run_ids(sweep: Sweep) -> list[str]:
@@ -244,7 +272,8 @@ def write_dashboard(sweep: Sweep, out_dir: Path, publish: bool | None = None) ->
         "brainseg": {
             "sweep": str(sweep.root),
             "group": sweep.group,
-            "runs": f"the runs of group {sweep.group}, grouped by model.name (config)",
+            "runs": f"the compared runs, grouped by {group_key(sweep)} (config)",
+            "variants": variant_keys(sweep),
         },
         # wandb-workspaces has no public (de)serialiser: its View model is what the API stores.
         "view": workspace._to_model().model_dump(by_alias=True, exclude_none=True, mode="json"),
