@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from hydra.errors import InstantiationException
 
+from brainseg.identity import variant_key
 from brainseg.report import build_report
 from brainseg.report.__main__ import main as report_main
 from brainseg.report.collect import load_sweep
@@ -249,7 +250,7 @@ def test_reports_update_one_report_run_and_write_the_dashboard(tmp_path, capsys)
     assert sorted(variants.values()) == ["fpn", "unet"] and len(set(variants)) == 2
 
 
-def test_a_comparison_dashboard_shows_exactly_the_compared_runs_by_id(tmp_path):
+def test_a_comparison_dashboard_shows_exactly_the_compared_runs_by_id(tmp_path, caplog):
     from brainseg.report import load_sweeps
     from brainseg.tracking.dashboard import write_dashboard
 
@@ -263,6 +264,10 @@ def test_a_comparison_dashboard_shows_exactly_the_compared_runs_by_id(tmp_path):
     written = write_dashboard(sweep, sweep.report_dir, publish=False)
     filters = str(load_dashboard(written["definition"], entity="e").runset_settings.filters)
     assert all(f"'{run_id}'" in filters for run_id in ids) and "Group" not in filters
+    # The two folders' runs differ only by label: one W&B group, as the definition says.
+    variants = json.loads(written["definition"].read_text())["brainseg"]["variants"]
+    assert variants[variant_key({"model.name": "unet"})] == "unet [a] + unet [b]"
+    assert "the W&B dashboard pools unet [a] and unet [b]" in caplog.text
 
 
 def test_dashboard_needs_a_sweep_that_used_wandb(tmp_path, capsys):
