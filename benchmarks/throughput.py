@@ -42,7 +42,14 @@ from brainseg.atomic import write_json
 from brainseg.config import CONF_DIR, compose
 from brainseg.models import build_network, list_networks
 from brainseg.module import SegmentationModule, build_module, make_optimizer
-from brainseg.timing import machine_info, summarize, synchronize, time_forward
+from brainseg.timing import (
+    CudaGraphForward,
+    batch1_masks,
+    machine_info,
+    summarize,
+    synchronize,
+    time_forward,
+)
 from brainseg.train import build_trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -292,6 +299,10 @@ def pipeline_throughput(cfg: DictConfig, args, device, on_device: bool) -> dict[
     return row
 
 
+# What CUDA's sync debug mode warns on each host sync (c10/cuda).
+SYNC_WARNING = "called a synchronizing CUDA operation"
+
+
 def host_syncs(cfg: DictConfig, args, device) -> dict[str, Any]:
     """Host syncs per training step (CUDA's sync debug mode), data on the device, after warm-up;
     and where the first few come from."""
@@ -313,7 +324,9 @@ def host_syncs(cfg: DictConfig, args, device) -> dict[str, Any]:
             trainer.fit(module, datamodule=dm)
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    counted = [str(w.message).splitlines()[0][:160] for w in caught if "synchron" in str(w.message)]
+    # Only sync debug mode's own warnings: other warnings may mention synchronising too.
+    messages = [str(w.message) for w in caught]
+    counted = [message.splitlines()[0][:160] for message in messages if SYNC_WARNING in message]
     row = {"steps": args.steps, "syncs": len(counted), "syncs_per_step": len(counted) / args.steps}
     _print("host syncs", row)
     return {**row, "first": counted[:5]}
@@ -339,36 +352,6 @@ def loader_throughput(cfg: DictConfig, workers: int, batches: int, augment_on: s
     return {**row, "first_batch_s": first_batch_s}
 
 
-class _Graph:
-    """`net` at one input shape as a captured CUDA graph: a replay launches the whole network."""
-
-    def __init__(self, net, example: torch.Tensor, precision: str) -> None:
-        # Autocast's cache of cast weights must stay off: a capture replays the casts itself.
-        bf16 = precision == "bf16-mixed"
-        context = lambda: torch.autocast("cuda", torch.bfloat16, enabled=bf16, cache_enabled=False)  # noqa: E731
-        self.static = example.clone()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream), context():
-            for _ in range(3):  # cuDNN's choices and the allocator's pools, before capture
-                net(self.static)
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), context():
-            self.out = net(self.static)
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        self.static.copy_(images)
-        self.graph.replay()
-        return self.out
-
-
-def _masks(forward, images: torch.Tensor, context) -> torch.Tensor:
-    """Thresholded masks of `images`, one at a time (batch 1, as timed)."""
-    with context():
-        return torch.cat([forward(images[i : i + 1]).float() > 0 for i in range(len(images))])
-
-
 @torch.no_grad()
 def inference(cfg: DictConfig, module: SegmentationModule, batches: list, args, device) -> list:
     """Batch-1 latency and batch-N throughput per path (eager; a CUDA graph and compiled on
@@ -382,7 +365,7 @@ def inference(cfg: DictConfig, module: SegmentationModule, batches: list, args, 
     iters = args.latency_iters or cfg.timing.iters
     paths = [p for p in args.paths if p != "graph" or device.type == "cuda"]
     paths = [p for p in paths if p != "compiled" or args.compile]
-    reference = _masks(net, checked, _autocast("32-true", device))
+    reference = batch1_masks(net, checked, _autocast("32-true", device))
     rows = []
     for path in paths:
         for precision in ("32-true", "bf16-mixed"):
@@ -391,7 +374,8 @@ def inference(cfg: DictConfig, module: SegmentationModule, batches: list, args, 
             row["precision"] = precision
             try:
                 if path == "graph":
-                    forward = _Graph(net, one, precision)
+                    bf16 = precision == "bf16-mixed"
+                    forward = CudaGraphForward(net, one, bf16, module.channels_last)
                 elif path == "compiled":
                     # CUDA graphs (reduce-overhead) remove the launch cost that rules batch 1.
                     mode = "reduce-overhead" if device.type == "cuda" else None
@@ -399,7 +383,7 @@ def inference(cfg: DictConfig, module: SegmentationModule, batches: list, args, 
                 else:
                     forward = net
                 latency = summarize(time_forward(forward, one, cfg.timing.warmup, iters, context))
-                masks = _masks(forward, checked, context)
+                masks = batch1_masks(forward, checked, context)
             except Exception as error:  # one path failing leaves the others measured
                 row["error"] = f"{type(error).__name__}: {error}"[:300]
                 rows.append(row)

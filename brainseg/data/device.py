@@ -26,7 +26,34 @@ from torch.utils.data import Sampler
 from brainseg.data.sampler import EpochSampler, derive_seed
 
 
-class DeviceTrainBatches:
+class _SubsetOnDevice:
+    """A subset's arrays on a device, and its batches: a gather (or a view) of them."""
+
+    batch_sampler = None  # what Lightning looks up on a loader before its sampler
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        ids: Sequence[str],
+        pids: Sequence[str],
+        labels: torch.Tensor,
+    ) -> None:
+        self.images, self.masks, self.labels = images, masks, labels
+        self.ids, self.pids = list(ids), list(pids)
+
+    def _batch(self, index: slice | torch.Tensor, rows: Sequence[int]) -> dict[str, Any]:
+        """The slices at `index` on the device, `rows` the same slices' positions on the host."""
+        return {
+            "image": self.images[index],
+            "mask": self.masks[index],
+            "id": [self.ids[i] for i in rows],
+            "pid": [self.pids[i] for i in rows],
+            "label": self.labels[index],
+        }
+
+
+class DeviceTrainBatches(_SubsetOnDevice):
     """Training batches of uint8 arrays on a device, in `sampler`'s order.
 
     Lightning takes it as a training dataloader: it has a length, and its `sampler` gets
@@ -41,8 +68,6 @@ class DeviceTrainBatches:
         drop_last: leave out the last incomplete batch (as the training loader does).
     """
 
-    batch_sampler = None  # what Lightning looks up on a loader before its sampler
-
     def __init__(
         self,
         images: torch.Tensor,
@@ -54,8 +79,7 @@ class DeviceTrainBatches:
         batch_size: int,
         drop_last: bool,
     ) -> None:
-        self.images, self.masks, self.labels = images, masks, labels
-        self.ids, self.pids = list(ids), list(pids)
+        super().__init__(images, masks, ids, pids, labels)
         self.sampler = sampler
         self.batch_size, self.drop_last = batch_size, drop_last
 
@@ -70,19 +94,13 @@ class DeviceTrainBatches:
         on_device = torch.tensor(order, dtype=torch.long).to(self.images.device)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             stop = min(start + self.batch_size, len(order))
-            index = on_device[start:stop]
-            yield {
-                "image": self.images[index],
-                "mask": self.masks[index],
-                "id": [self.ids[i] for i in order[start:stop]],
-                "pid": [self.pids[i] for i in order[start:stop]],
-                "label": self.labels[index],
+            yield self._batch(on_device[start:stop], order[start:stop]) | {
                 # The batch's augmentation seed, as on_before_batch_transfer derives it.
                 "seed": derive_seed(*(seed for _, seed in pairs[start:stop])),
             }
 
 
-class DeviceEvalBatches:
+class DeviceEvalBatches(_SubsetOnDevice):
     """Validation or test batches of prepared tensors on a device, in the loader's order.
 
     Args:
@@ -92,8 +110,6 @@ class DeviceEvalBatches:
         batch_size: slices per batch.
         sampler: which slices this process evaluates (DDP), None for all in order.
     """
-
-    batch_sampler = None
 
     def __init__(
         self,
@@ -105,8 +121,7 @@ class DeviceEvalBatches:
         batch_size: int,
         sampler: Sampler | None = None,
     ) -> None:
-        self.images, self.masks, self.labels = images, masks, labels
-        self.ids, self.pids = list(ids), list(pids)
+        super().__init__(images, masks, ids, pids, labels)
         self.batch_size = batch_size
         self.sampler = sampler
         self.order = list(sampler) if sampler is not None else None
@@ -127,15 +142,6 @@ class DeviceEvalBatches:
                 on_device[start : start + self.batch_size],
                 self.order[start : start + self.batch_size],
             )
-
-    def _batch(self, index: slice | torch.Tensor, rows: Sequence[int]) -> dict[str, Any]:
-        return {
-            "image": self.images[index],
-            "mask": self.masks[index],
-            "id": [self.ids[i] for i in rows],
-            "pid": [self.pids[i] for i in rows],
-            "label": self.labels[index],
-        }
 
 
 def uint8_on_device(arrays: np.ndarray, index: np.ndarray, device: torch.device) -> torch.Tensor:
