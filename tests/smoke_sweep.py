@@ -12,6 +12,21 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_sweep(
+    *overrides: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """`python -m brainseg.train -m <overrides>` in `cwd`, W&B offline, `env` added; fails the
+    test with the end of its stderr when the sweep fails."""
+    command = [sys.executable, "-m", "brainseg.train", "-m", *overrides]
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore", **(env or {})}
+    result = subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if result.returncode != 0:
+        pytest.fail(f"the sweep failed (exit {result.returncode}):\n{result.stderr[-4000:]}")
+    return result
+
+
 def smoke_sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`python -m brainseg.train -m experiment=smoke model=unet,fpn seed=0,1`, run on the first
     call of the session; later calls (from any test module) reuse its directory."""
@@ -20,21 +35,9 @@ def smoke_sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if done.exists():
         return sweep
     base.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable,
-        "-m",
-        "brainseg.train",
-        "-m",
-        "experiment=smoke",
-        "model=unet,fpn",
-        "seed=0,1",
-        f"hydra.sweep.dir={sweep}",
-        f"paths.data_dir={base / 'data'}",
-    ]
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run(command, cwd=base, env=env, capture_output=True, text=True, timeout=600)
-    if result.returncode != 0 or len(list(sweep.glob("*/metrics.json"))) != 4:
-        pytest.fail(f"the smoke sweep failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
+    overrides = ["experiment=smoke", "model=unet,fpn", "seed=0,1"]
+    run_sweep(*overrides, f"hydra.sweep.dir={sweep}", f"paths.data_dir={base / 'data'}", cwd=base)
+    assert len(list(sweep.glob("*/metrics.json"))) == 4
     done.touch()
     return sweep
 

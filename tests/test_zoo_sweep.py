@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +16,8 @@ from torchvision.models._api import WeightsEnum
 from brainseg.models import list_networks, smp_models
 from brainseg.module import load_module
 from brainseg.report import build_report
+
+from .smoke_sweep import run_sweep
 
 # A family brainseg wraps already: one config file.
 LINKNET_YAML = """\
@@ -70,30 +70,19 @@ def zoo_sweep(tmp_path_factory) -> Path:
     (conf / "model" / "my_linknet.yaml").write_text(LINKNET_YAML)
     (conf / "model" / "my_tiny.yaml").write_text(TINY_YAML)
     (code / "my_networks.py").write_text(TINY_PY)
-    command = [
-        sys.executable,
-        "-m",
-        "brainseg.train",
-        "-m",
+    pythonpath = os.pathsep.join(filter(None, [str(code), os.environ.get("PYTHONPATH")]))
+    run_sweep(
         "experiment=smoke",
         f"model={','.join(SWEPT)}",
         "seed=0",
         f"hydra.searchpath=[file://{conf}]",
         f"hydra.sweep.dir={sweep}",
         f"paths.data_dir={base / 'data'}",
-    ]
-    pythonpath = os.pathsep.join(filter(None, [str(code), os.environ.get("PYTHONPATH")]))
-    env = {
-        **os.environ,
-        "PYTHONPATH": pythonpath,
-        "WANDB_MODE": "offline",
-        "PYTHONWARNINGS": "ignore",
+        cwd=base,
         # No library may reach the internet while building a network with pretrained=false.
-        "HF_HUB_OFFLINE": "1",
-    }
-    result = subprocess.run(command, cwd=base, env=env, capture_output=True, text=True, timeout=900)
-    if result.returncode != 0:
-        pytest.fail(f"the zoo sweep failed (exit {result.returncode}):\n{result.stderr[-4000:]}")
+        env={"PYTHONPATH": pythonpath, "HF_HUB_OFFLINE": "1"},
+        timeout=900,
+    )
     return sweep
 
 
