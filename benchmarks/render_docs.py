@@ -216,6 +216,7 @@ def render_throughput(data: dict) -> Table:
         for m in models
         for r in m["inference"]
     ]
+    out += step_parts(models)
     out += ["Inference:", ""]
     out += table("model | precision | compiled | batch-1 ms (median) | p90 | batch | img/s", rows)
     out += bf16_line(models)
@@ -227,6 +228,32 @@ def render_throughput(data: dict) -> Table:
         if sweep is not None:
             line += f"; the study's sweep (5 seeds per model): {num(sweep)} h"
         out += [line + ".", ""]
+    return out
+
+
+def step_parts(models: list[dict]) -> Table:
+    """Where a training step's time goes (throughput.py's `breakdown`), whole steps through the
+    Trainer with the data module's batches (`pipeline`) and host syncs per step, where measured."""
+    out: Table = []
+    parts = ("forward_ms", "backward_ms", "optimizer_ms", "metrics_ms", "brainseg_step_ms")
+    rows = [[m["model"], *nums(m["breakdown"], (*parts, "bare_step_ms"))]
+            for m in models if m.get("breakdown")]  # fmt: skip
+    if rows:
+        out += ["Where a training step's time goes (ms per step; each part timed apart, the "
+                "device synchronised around it; the last two columns: whole steps as timed "
+                "above):", ""]  # fmt: skip
+        out += table("model | forward + loss | backward | optimizer | metrics | "
+                     "brainseg step | bare step", rows)  # fmt: skip
+    rows = [[m["model"], "on the device" if r.get("on_device") else "loader",
+             *nums(r, ("workers", "images_per_s"))]
+            for m in models for r in m.get("pipeline") or []]  # fmt: skip
+    if rows:
+        out += ["Whole training steps through the Trainer, batches drawn by the data module:", ""]
+        out += table("model | batches | workers | img/s", rows)
+    syncs = [f"{m['model']} {num(m['host_syncs']['syncs_per_step'])}"
+             for m in models if m.get("host_syncs")]  # fmt: skip
+    if syncs:
+        out += [f"Host syncs per training step (CUDA's sync debug mode): {', '.join(syncs)}.", ""]
     return out
 
 
