@@ -112,10 +112,10 @@ def report_run_id(project: str, group: str) -> str:
 
 
 def build_dashboard(sweep: Sweep, entity: str | None = None) -> Any:
-    """The sweep's comparison as a `wandb_workspaces` Workspace over the runs of its group,
-    grouped by variant (`group_key`): validation Dice over epochs (mean ± std over seeds or folds) with the
-    validation slices, test metrics by variant, Dice against inference time, the per-image table
-    with the worst slices, and the report run's table and statistics."""
+    """The sweep's comparison as a `wandb_workspaces` Workspace over the compared runs, grouped
+    by variant (`group_key`): validation Dice over epochs (mean ± std over seeds or folds) with
+    the validation slices, test metrics by variant, Dice against inference time, the per-image
+    table with the worst slices, and the report run's table and statistics."""
     import wandb_workspaces.reports.v2 as wr
     import wandb_workspaces.workspaces as ws
 
