@@ -22,6 +22,8 @@ RESULTS = REPO_ROOT / "docs" / "results"
 CPU_SWEEP = RESULTS / "cpu-24"
 # The same sweep cut to 6 epochs, and its float32 runs: the bf16 check of docs/results.md.
 CPU_6_EPOCHS = RESULTS / "cpu-bf16"
+# Four networks of the zoo, 8 epochs of the cpu preset: the zoo comparison of docs/results.md.
+ZOO_SWEEP = RESULTS / "zoo-cpu-8"
 
 
 def rebuilt_report(archive: Path, tmp_path: Path) -> Path:
@@ -90,7 +92,7 @@ def test_a_sweep_without_finished_jobs_is_refused(tmp_path):
     assert not (tmp_path / "dest").exists()
 
 
-@pytest.mark.parametrize("archive", [CPU_SWEEP, CPU_6_EPOCHS], ids=lambda p: p.name)
+@pytest.mark.parametrize("archive", [CPU_SWEEP, CPU_6_EPOCHS, ZOO_SWEEP], ids=lambda p: p.name)
 def test_the_committed_cpu_report_is_what_its_committed_runs_give(archive, tmp_path):
     rebuilt = rebuilt_report(archive, tmp_path)
     for name in ("table.csv", "stats.csv"):
