@@ -141,8 +141,10 @@ THROUGHPUT_TEXT = """\
 `benchmarks/throughput.py` runs brainseg's Lightning stack (`build_module` and the Trainer as
 `brainseg-train` configures it, logger and checkpoints off, metrics on) and a bare PyTorch loop
 on the same network, loss, optimiser, precision and batches held in memory, alternating in one
-process; brainseg / bare is the framework's cost (with few steps per round, ratios a few
-percent above 1 are noise around 1). The loader rows measure the training loader,
+process; brainseg / bare is the framework's cost (each side's rate from its median round, so
+that one round the machine stalled does not decide; results without `rate_from` in their JSON
+took all rounds' total time; with few steps per round, ratios a few percent above 1 are noise
+around 1). The loader rows measure the training loader,
 augmentation and the copy to the model's device included, on each augmentation path
 (`loader`: albumentations in the workers; `device`: whole batches on the model's device), as
 samples/s and as a multiple of what the training loop consumes. Inference is batch-1 latency
