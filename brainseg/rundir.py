@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -40,16 +37,6 @@ def run_name(model: str, seed: Any, fold: Any = None) -> str:
     """`<model>-seed<s>`, plus `-fold<k>` with a fold: a run's name in its folder and in W&B."""
     name = f"{model}-seed{seed}"
     return name if fold is None else f"{name}-fold{fold}"
-
-
-def sweep_group() -> str | None:
-    """One name per Hydra multirun sweep (its directory), so W&B groups a sweep's runs."""
-    if not HydraConfig.initialized():
-        return None
-    hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return None
-    return str(Path(hydra_cfg.sweep.dir)).replace(os.sep, "_")
 
 
 def job_name(*, _root_: DictConfig) -> str:

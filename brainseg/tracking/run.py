@@ -19,18 +19,29 @@ from urllib.parse import urlsplit
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from pytorch_lightning.loggers import Logger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from brainseg.atomic import write_text
 from brainseg.checkpoints import load_checkpoint_file
 from brainseg.config import uses_cuda
-from brainseg.rundir import run_name, sweep_group
+from brainseg.rundir import run_name
 
 log = logging.getLogger(__name__)
 
 # The run directory's W&B run id: a resumed run continues the same W&B run.
 RUN_ID_FILE = "wandb_id.txt"
+
+
+def sweep_group() -> str | None:
+    """One name per Hydra multirun sweep (its directory), so W&B groups a sweep's runs."""
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    return str(Path(hydra_cfg.sweep.dir)).replace(os.sep, "_")
 
 
 def experiment_preset() -> str | None:
