@@ -79,7 +79,7 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
 
 def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
     """A CSV log in every run (`csv/metrics.csv`), plus the configured loggers, which receive
-    the run's configuration once, with its `variant` (`run_variant`) to group runs by."""
+    the run's configuration once, with its `variant` (`brainseg.identity.variant_key`)."""
     from pytorch_lightning.loggers import CSVLogger
     from pytorch_lightning.utilities import rank_zero_only
 
@@ -89,7 +89,8 @@ def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
         previous.rename(previous.with_name(f"metrics-{time.strftime('%Y%m%d-%H%M%S')}.csv"))
     configured = instantiate_group(cfg.get("logger"))
     if configured:
-        config = OmegaConf.to_container(cfg, resolve=True) | {"variant": run_variant(cfg)}
+        variant = variant_key(resolved_settings(cfg))
+        config = OmegaConf.to_container(cfg, resolve=True) | {"variant": variant}
         for logger in configured:
             logger.log_hyperparams(config)
     return [CSVLogger(save_dir=output_dir, name="", version="csv"), *configured]
@@ -320,6 +321,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
     if debug is None and fit and trainer.current_epoch < trainer.max_epochs:
         debug = f"stopped after {trainer.current_epoch} of {trainer.max_epochs} epochs"
     status, reason = _status(cfg, datamodule, test_slices, debug)
+    settings = resolved_settings(cfg)
     record = {
         # Only "ok" runs are results: the report lists the others with the reason.
         "status": status,
@@ -347,8 +349,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
         # The test set's reliability diagram (pixel counts per probability bin), for the report.
         "reliability": getattr(module, "reliability", None),
         # What the run is and what it was tested on: the report groups and pairs runs by these.
-        "settings": resolved_settings(cfg),
-        "variant": run_variant(cfg),
+        "settings": settings,
+        "variant": variant_key(settings),
         "protocol": protocol(cfg, datamodule, commit),
     }
     if trainer.is_global_zero:
@@ -370,11 +372,6 @@ def resolved_settings(cfg: DictConfig) -> dict[str, Any]:
         if not is_execution_key(str(key))
     }
     return run_settings(kept)
-
-
-def run_variant(cfg: DictConfig) -> str:
-    """The run's variant key (`brainseg.identity.variant_key`)."""
-    return variant_key(resolved_settings(cfg))
 
 
 def protocol(cfg: DictConfig, datamodule: Any, commit: str | None) -> dict[str, Any]:
